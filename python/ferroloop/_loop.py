@@ -1,0 +1,282 @@
+"""`ferroloop.Loop`: the Python half of the event loop.
+
+The hot paths (call_soon, timers, the run loop, fd readiness, signals
+wake-up) are native, in `LoopCore`.  This class adds the cold paths:
+
+* lifecycle around the native run loop (run_forever setup/cleanup, close);
+* signal handlers, on the native signal wake-up pipe;
+* create_task with keyword pass-through to task factories;
+* everything else -- run_until_complete, exception handling, executors,
+  async generator hooks, DNS, and (until native transports land) sockets,
+  servers, pipes and subprocesses -- is inherited from asyncio's own
+  `SelectorEventLoop`, whose methods run unchanged on top of the native
+  `_add_reader`/`_add_writer`/`call_soon` primitives.
+"""
+import asyncio
+import collections.abc
+import errno
+import selectors
+import signal
+import sys
+import threading
+import weakref
+from asyncio import base_events, coroutines, events, tasks, unix_events
+from asyncio.log import logger
+
+from . import _ferroloop
+
+__all__ = ('Loop',)
+
+
+def _noop_signal_handler(signum, frame):
+    """Installed for signals with an asyncio handler: the C-level handler
+    writes the signal number to the wake-up fd, which is all we need."""
+
+
+class _SelectorView(collections.abc.Mapping):
+    """A read-only view of the native fd registry shaped like the
+    `selectors` object asyncio's transports inspect (in their repr)."""
+
+    def __init__(self, loop):
+        self._loop = weakref.ref(loop)
+
+    def _key(self, fd):
+        loop = self._loop()
+        if loop is None or loop.is_closed():
+            return None
+        reader, writer = loop._fd_handlers(fd)
+        if reader is None and writer is None:
+            return None
+        events_mask = ((selectors.EVENT_READ if reader is not None else 0)
+                       | (selectors.EVENT_WRITE if writer is not None else 0))
+        return selectors.SelectorKey(fd, fd, events_mask, (reader, writer))
+
+    def get_key(self, fileobj):
+        fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
+        key = self._key(fd)
+        if key is None:
+            raise KeyError(f"{fileobj!r} is not registered")
+        return key
+
+    def get_map(self):
+        return self
+
+    def __getitem__(self, fd):
+        key = self._key(fd)
+        if key is None:
+            raise KeyError(fd)
+        return key
+
+    def __iter__(self):
+        loop = self._loop()
+        return iter(loop._fds() if loop is not None and not loop.is_closed() else ())
+
+    def __len__(self):
+        loop = self._loop()
+        return len(loop._fds()) if loop is not None and not loop.is_closed() else 0
+
+    def close(self):
+        pass
+
+
+class Loop(_ferroloop.LoopCore, unix_events.SelectorEventLoop):
+    """An asyncio event loop whose scheduler and I/O polling run in Rust."""
+
+    def __init__(self):
+        # BaseEventLoop's attributes (debug flag, executor, asyncgen set,
+        # task factory, exception handler...).  _closed, _stopping, _debug
+        # and _thread_id are native properties it writes through.
+        base_events.BaseEventLoop.__init__(self)
+        self._selector = _SelectorView(self)
+        self._transports = weakref.WeakValueDictionary()
+        self._signal_handlers = {}
+        self._unix_server_sockets = {}
+        self._claimed_wakeup_fd = False
+        self._old_agen_hooks = None
+
+    # -- running ---------------------------------------------------------
+
+    def _run_forever_setup(self):
+        self._check_closed()
+        self._check_running()
+        self._set_coroutine_origin_tracking(self._debug)
+        self._old_agen_hooks = sys.get_asyncgen_hooks()
+        self._thread_id = threading.get_ident()
+        sys.set_asyncgen_hooks(firstiter=self._asyncgen_firstiter_hook,
+                               finalizer=self._asyncgen_finalizer_hook)
+        events._set_running_loop(self)
+        self._claim_signal_wakeup()
+
+    def _run_forever_cleanup(self):
+        self._release_signal_wakeup()
+        self._stopping = False
+        self._thread_id = None
+        events._set_running_loop(None)
+        self._set_coroutine_origin_tracking(False)
+        if self._old_agen_hooks is not None:
+            sys.set_asyncgen_hooks(*self._old_agen_hooks)
+            self._old_agen_hooks = None
+
+    def run_forever(self):
+        """Run until stop() is called."""
+        self._run_forever_setup()
+        try:
+            self._run_forever_native()
+        finally:
+            self._run_forever_cleanup()
+
+    def _run_handle_debug(self, handle):
+        """Debug mode: run one callback, timing it like asyncio does."""
+        self._current_handle = handle
+        try:
+            t0 = self.time()
+            handle._run()
+            dt = self.time() - t0
+            if dt >= self.slow_callback_duration:
+                logger.warning('Executing %s took %.3f seconds',
+                               base_events._format_handle(handle), dt)
+        finally:
+            self._current_handle = None
+
+    def close(self):
+        """Close the loop: drop pending callbacks, timers and fd watches,
+        remove signal handlers and shut the default executor down (without
+        waiting for it).  The loop must not be running."""
+        if self.is_running():
+            raise RuntimeError("Cannot close a running event loop")
+        if self._closed:
+            return
+        if not sys.is_finalizing():
+            for sig in list(self._signal_handlers):
+                self.remove_signal_handler(sig)
+        elif self._signal_handlers:
+            import warnings
+            warnings.warn(f"Closing the loop {self!r} on interpreter shutdown "
+                          f"stage, skipping signal handlers removal",
+                          ResourceWarning, source=self)
+            self._signal_handlers.clear()
+        base_events.BaseEventLoop.close(self)
+        self._close_native()
+
+    # -- tasks -----------------------------------------------------------
+
+    def create_task(self, coro, *, name=None, context=None, **kwargs):
+        """Schedule a coroutine as a Task.  Keywords other than name and
+        context (eager_start, ...) go to the Task or the task factory, as
+        CPython 3.13.4+ does."""
+        self._check_closed()
+        if self._task_factory is None:
+            task = tasks.Task(coro, loop=self, name=name, context=context, **kwargs)
+            if task._source_traceback:
+                del task._source_traceback[-1]
+            return task
+        if context is not None:
+            kwargs['context'] = context
+        task = self._task_factory(self, coro, **kwargs)
+        if name is not None:
+            task.set_name(name)
+        return task
+
+    # -- signals ---------------------------------------------------------
+
+    def _claim_signal_wakeup(self):
+        """Point CPython's signal wake-up fd at our poller while we run in the
+        main thread, so Ctrl-C wakes the loop at once even if the kernel
+        delivered the signal to another thread.  Someone else's wake-up fd is
+        left alone."""
+        self._claimed_wakeup_fd = False
+        fd = self._signal_wakeup_fd()
+        try:
+            old = signal.set_wakeup_fd(fd)
+        except (ValueError, OSError):
+            return  # not the main thread
+        if old == -1:
+            self._claimed_wakeup_fd = True
+        elif old != fd:
+            signal.set_wakeup_fd(old)
+
+    def _release_signal_wakeup(self):
+        if self._claimed_wakeup_fd:
+            self._claimed_wakeup_fd = False
+            if not self._signal_handlers:
+                try:
+                    signal.set_wakeup_fd(-1)
+                except (ValueError, OSError):
+                    pass
+
+    def add_signal_handler(self, sig, callback, *args):
+        """Add a handler for a signal.  Main thread only.
+
+        Raise ValueError if the signal number is invalid or uncatchable.
+        Raise RuntimeError if there is a problem setting up the handler.
+        """
+        if coroutines.iscoroutine(callback) or coroutines.iscoroutinefunction(callback):
+            raise TypeError("coroutines cannot be used with add_signal_handler()")
+        self._check_signal(sig)
+        self._check_closed()
+        try:
+            # Raises ValueError outside the main thread: fail early, before
+            # anything is registered.
+            signal.set_wakeup_fd(self._signal_wakeup_fd())
+        except (ValueError, OSError) as exc:
+            raise RuntimeError(str(exc))
+
+        handle = _ferroloop.Handle(callback, args, self, None)
+        self._signal_handlers[sig] = handle
+        self._watch_signals(True)
+        try:
+            signal.signal(sig, _noop_signal_handler)
+            # SA_RESTART: fewer EINTRs for the rest of the program.
+            signal.siginterrupt(sig, False)
+        except OSError as exc:
+            del self._signal_handlers[sig]
+            self._watch_signals(bool(self._signal_handlers))
+            if not self._signal_handlers and not self._claimed_wakeup_fd:
+                try:
+                    signal.set_wakeup_fd(-1)
+                except (ValueError, OSError) as nexc:
+                    logger.info('set_wakeup_fd(-1) failed: %s', nexc)
+            if exc.errno == errno.EINVAL:
+                raise RuntimeError(f'sig {sig} cannot be caught')
+            raise
+
+    def remove_signal_handler(self, sig):
+        """Remove a handler for a signal.  Return True if one was removed."""
+        self._check_signal(sig)
+        try:
+            del self._signal_handlers[sig]
+        except KeyError:
+            return False
+        self._watch_signals(bool(self._signal_handlers))
+        handler = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+        try:
+            signal.signal(sig, handler)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                raise RuntimeError(f'sig {sig} cannot be caught')
+            raise
+        if not self._signal_handlers and not self._claimed_wakeup_fd:
+            try:
+                signal.set_wakeup_fd(-1)
+            except (ValueError, OSError) as exc:
+                logger.info('set_wakeup_fd(-1) failed: %s', exc)
+        return True
+
+    def _handle_signal(self, sig):
+        """Called by the native loop for each signal number read from the
+        wake-up fd."""
+        handle = self._signal_handlers.get(sig)
+        if handle is None:
+            return
+        if handle._cancelled:
+            self.remove_signal_handler(sig)
+        else:
+            self._queue_handle(handle)
+
+    def _process_self_data(self, data):
+        for signum in data:
+            if signum:
+                self._handle_signal(signum)
+
+    def _read_from_self(self):
+        pass

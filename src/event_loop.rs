@@ -1,0 +1,731 @@
+//! `LoopCore`: the native half of `ferroloop.Loop`.
+//!
+//! It owns the ready queue, the timer heap and the poller, and runs asyncio's
+//! `_run_once` contract in Rust:
+//!
+//! 1. drop cancelled timers at the head of the heap (compact when most are);
+//! 2. timeout = 0 if callbacks are ready or stop() was requested, else the
+//!    time to the next timer (none: wait forever);
+//! 3. wait for I/O with the GIL released, queue the reader/writer handles
+//!    of ready fds, run Python's signal handlers;
+//! 4. queue every timer due before now + clock resolution, in (when, insertion)
+//!    order;
+//! 5. run exactly the callbacks queued so far; those they schedule run in the
+//!    next iteration.
+//!
+//! Lifecycle, exception handling, executors and everything else cold lives in
+//! the Python subclass (`python/ferroloop/_loop.py`).
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mio::Waker;
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyInt, PyTuple};
+use smallvec::SmallVec;
+
+use crate::clock::monotonic;
+use crate::gil_cell::GilCell;
+use crate::handles::{is_fatal, new_untracked, Handle, LoopRef, TimerHandle};
+use crate::hooks::call_hook;
+use crate::poller::{FdInterest, Poller, Ready};
+use crate::scheduler::TimerHeap;
+
+/// asyncio's cap on one wait for a timer (`MAXIMUM_SELECT_TIMEOUT`).
+const MAXIMUM_SELECT_TIMEOUT: f64 = 24.0 * 3600.0;
+/// `time.get_clock_info('monotonic').resolution` on Linux.
+const CLOCK_RESOLUTION: f64 = 1e-9;
+
+/// What the ready queue holds.  An enum rather than only Python handles so
+/// that native futures and tasks can enter it without a Python allocation.
+pub enum Callback {
+    Handle(Py<Handle>),
+    Timer(Py<TimerHandle>),
+}
+
+impl Callback {
+    fn handle<'py>(&self, py: Python<'py>) -> Bound<'py, Handle> {
+        match self {
+            Callback::Handle(h) => h.bind(py).clone(),
+            Callback::Timer(t) => t.bind(py).as_super().clone(),
+        }
+    }
+
+    fn handle_ref<'a>(&'a self, py: Python<'a>) -> &'a Handle {
+        match self {
+            Callback::Handle(h) => h.get(),
+            Callback::Timer(t) => t.bind(py).as_super().get(),
+        }
+    }
+
+}
+
+#[derive(Default)]
+struct State {
+    ready: VecDeque<Callback>,
+    /// The previous batch's (empty) buffer, reused to avoid reallocating.
+    spare: VecDeque<Callback>,
+    timers: TimerHeap<Py<TimerHandle>>,
+    readers: HashMap<RawFd, Py<Handle>>,
+    writers: HashMap<RawFd, Py<Handle>>,
+    io_events: Vec<Ready>,
+}
+
+impl State {
+    fn interest(&self, fd: RawFd) -> FdInterest {
+        FdInterest { read: self.readers.contains_key(&fd), write: self.writers.contains_key(&fd) }
+    }
+}
+
+#[pyclass(module = "ferroloop._ferroloop", subclass, frozen)]
+pub struct LoopCore {
+    state: GilCell<State>,
+    poller: GilCell<Option<Poller>>,
+    waker: GilCell<Option<Waker>>,
+    closed: AtomicBool,
+    stopping: AtomicBool,
+    debug: AtomicBool,
+    /// `threading.get_ident()` of the thread running the loop, 0 when idle.
+    thread_id: AtomicU64,
+    /// Set while the loop waits in the poller, so call_soon_threadsafe knows
+    /// whether it must wake it.
+    sleeping: AtomicBool,
+    /// True while asyncio-style signal handlers are installed: their signal
+    /// numbers arrive through the poller's wake-up pipe.
+    watching_signals: AtomicBool,
+    /// Cancelled timers still in the heap; shared with every TimerHandle.
+    cancelled_timers: Arc<AtomicUsize>,
+    /// A weak reference to this loop, shared by all its handles.
+    self_ref: GilCell<Option<LoopRef>>,
+}
+
+fn current_thread_ident() -> u64 {
+    // SAFETY: pthread_self has no preconditions; it is what
+    // threading.get_ident() returns on Linux.
+    unsafe { libc::pthread_self() as u64 }
+}
+
+/// selectors' `_fileobj_to_fd`: an int, or an object with fileno().
+fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+    let fd: i64 = if obj.is_instance_of::<PyInt>() {
+        obj.extract()?
+    } else {
+        let invalid = || PyValueError::new_err(format!("Invalid file object: {}", repr_of(obj)));
+        let raw = obj.call_method0("fileno").map_err(|_| invalid())?;
+        let as_int = obj.py().get_type::<PyInt>().call1((raw,)).map_err(|_| invalid())?;
+        as_int.extract().map_err(|_| invalid())?
+    };
+    if fd < 0 {
+        return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
+    }
+    RawFd::try_from(fd)
+        .map_err(|_| PyValueError::new_err(format!("Invalid file descriptor: {fd}")))
+}
+
+fn repr_of(obj: &Bound<'_, PyAny>) -> String {
+    obj.repr().map(|r| r.to_string()).unwrap_or_else(|_| "<object>".to_owned())
+}
+
+fn closed_error() -> PyErr {
+    PyRuntimeError::new_err("Event loop is closed")
+}
+
+impl LoopCore {
+    #[inline]
+    fn check_closed(&self) -> PyResult<()> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(closed_error());
+        }
+        Ok(())
+    }
+
+    /// asyncio's argument checks.  The full check (coroutine functions too)
+    /// costs a Python call, so like asyncio it runs in debug mode only; a
+    /// non-callable is rejected always since it can never run.
+    fn check_callback(&self, py: Python<'_>, callback: &Bound<'_, PyAny>, method: &str) -> PyResult<()> {
+        if self.debug.load(Ordering::Relaxed) {
+            call_hook(py, "check_callback", (callback, method))?;
+        } else if !callback.is_callable() {
+            call_hook(py, "check_callback", (callback, method))?;
+            return Err(PyTypeError::new_err(format!(
+                "a callable object was expected by {method}(), got {}",
+                repr_of(callback)
+            )));
+        }
+        Ok(())
+    }
+
+    /// asyncio's `_check_thread`, for debug mode.
+    fn check_thread(&self) -> PyResult<()> {
+        let owner = self.thread_id.load(Ordering::Relaxed);
+        if owner != 0 && owner != current_thread_ident() {
+            return Err(PyRuntimeError::new_err(
+                "Non-thread-safe operation invoked on an event loop other than the current one",
+            ));
+        }
+        Ok(())
+    }
+
+    fn new_handle(
+        slf: &Bound<'_, Self>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+        oneshot: bool,
+    ) -> PyResult<Handle> {
+        let py = slf.py();
+        let this = slf.get();
+        let loop_ref = {
+            let mut cached = this.self_ref.borrow_mut(py)?;
+            match &*cached {
+                Some(r) => r.clone_ref(py),
+                None => {
+                    let r = LoopRef::new(slf.as_any());
+                    *cached = Some(r.clone_ref(py));
+                    r
+                }
+            }
+        };
+        Handle::create(
+            py,
+            callback.unbind(),
+            args.unbind(),
+            loop_ref,
+            context,
+            this.debug.load(Ordering::Relaxed),
+            oneshot,
+        )
+    }
+
+    fn schedule_timer(
+        slf: &Bound<'_, Self>,
+        when: f64,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+        method: &str,
+    ) -> PyResult<Py<TimerHandle>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed()?;
+        if this.debug.load(Ordering::Relaxed) {
+            this.check_thread()?;
+        }
+        this.check_callback(py, &callback, method)?;
+        let base = Self::new_handle(slf, callback, args, context, true)?;
+        let timer = new_untracked(
+            py,
+            PyClassInitializer::from(base)
+                .add_subclass(TimerHandle::new(when, this.cancelled_timers.clone())),
+        )?;
+        // NaN never compares due in a heap; asyncio's heapq ends up running
+        // such a timer at once, so order it first.
+        let key = if when.is_nan() { f64::NEG_INFINITY } else { when };
+        this.state.borrow_mut(py)?.timers.push(key, timer.clone_ref(py));
+        Ok(timer)
+    }
+
+    /// One iteration of the loop (see the module docs).
+    fn run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+
+        // 1 and 2: drop cancelled timers, decide how long to wait.
+        let mut removed: Vec<Py<TimerHandle>> = Vec::new();
+        let timeout = {
+            let mut st = this.state.borrow_mut(py)?;
+            let cancelled = this.cancelled_timers.load(Ordering::Relaxed);
+            let n = st.timers.prune(
+                cancelled,
+                |t| t.bind(py).as_super().get().is_cancelled(),
+                &mut removed,
+            );
+            if n > 0 {
+                this.cancelled_timers.fetch_sub(n.min(cancelled), Ordering::Relaxed);
+            }
+            if !st.ready.is_empty() || this.stopping.load(Ordering::Relaxed) {
+                Some(Duration::ZERO)
+            } else if let Some(when) = st.timers.next_deadline() {
+                let secs = (when - monotonic()).clamp(0.0, MAXIMUM_SELECT_TIMEOUT);
+                Some(Duration::from_secs_f64(secs))
+            } else {
+                None
+            }
+        };
+        for t in removed.drain(..) {
+            t.get().unschedule();
+            drop(t);
+        }
+
+        // 3: wait for I/O without the GIL.  A zero-timeout wait on a loop
+        // that watches no fd and no signal can report nothing, so it is
+        // skipped: chains of callbacks then cost no syscall per iteration.
+        let must_wait = timeout != Some(Duration::ZERO)
+            || this.watching_signals.load(Ordering::Relaxed)
+            || this.poller.borrow_mut(py)?.as_ref().is_some_and(|p| p.has_registrations());
+        let mut events = std::mem::take(&mut this.state.borrow_mut(py)?.io_events);
+        if must_wait {
+            let mut guard = this.poller.borrow_mut(py)?;
+            let poller = guard.as_mut().ok_or_else(closed_error)?;
+            if timeout == Some(Duration::ZERO) {
+                // Does not block: no need to release the GIL.
+                poller.wait(timeout, &mut events)?;
+            } else {
+                this.sleeping.store(true, Ordering::SeqCst);
+                let waited = py.detach(|| poller.wait(timeout, &mut events));
+                this.sleeping.store(false, Ordering::SeqCst);
+                waited?;
+            }
+        }
+        let mut signals_pending = false;
+        {
+            let mut st = this.state.borrow_mut(py)?;
+            let st = &mut *st;
+            for ev in events.iter() {
+                match *ev {
+                    Ready::Wake => {}
+                    Ready::Signal => signals_pending = true,
+                    Ready::Fd { fd, readable, writable } => {
+                        if readable {
+                            if let Some(h) = st.readers.get(&fd) {
+                                if !h.get().is_cancelled() {
+                                    st.ready.push_back(Callback::Handle(h.clone_ref(py)));
+                                }
+                            }
+                        }
+                        if writable {
+                            if let Some(h) = st.writers.get(&fd) {
+                                if !h.get().is_cancelled() {
+                                    st.ready.push_back(Callback::Handle(h.clone_ref(py)));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            events.clear();
+            st.io_events = events;
+        }
+        if signals_pending {
+            let mut signums: SmallVec<[u8; 8]> = SmallVec::new();
+            if let Some(poller) = this.poller.borrow_mut(py)?.as_ref() {
+                let mut buf = Vec::new();
+                poller.drain_signals(&mut buf);
+                signums.extend(buf);
+            }
+            for signum in signums {
+                slf.call_method1("_handle_signal", (signum,))?;
+            }
+        }
+        // Python-level handlers (KeyboardInterrupt for Ctrl-C) run here, so a
+        // signal that woke us takes effect at once.
+        py.check_signals()?;
+
+        // 4: timers that are due.
+        {
+            let mut st = this.state.borrow_mut(py)?;
+            let st = &mut *st;
+            let end = if st.timers.is_empty() { f64::NEG_INFINITY } else { monotonic() + CLOCK_RESOLUTION };
+            while let Some(timer) = st.timers.pop_due(end) {
+                timer.get().unschedule();
+                if timer.bind(py).as_super().get().is_cancelled() {
+                    this.cancelled_timers.fetch_sub(1, Ordering::Relaxed);
+                    removed.push(timer);
+                } else {
+                    st.ready.push_back(Callback::Timer(timer));
+                }
+            }
+        }
+        drop(removed);
+
+        // 5: run what is ready now.
+        let mut batch = {
+            let mut st = this.state.borrow_mut(py)?;
+            let spare = std::mem::take(&mut st.spare);
+            std::mem::replace(&mut st.ready, spare)
+        };
+        let debug = this.debug.load(Ordering::Relaxed);
+        while let Some(cb) = batch.pop_front() {
+            let outcome = if debug {
+                slf.call_method1("_run_handle_debug", (cb.handle(py),)).map(drop)
+            } else {
+                match cb.handle_ref(py).invoke(py) {
+                    Err(err) if !is_fatal(py, &err) => {
+                        call_hook(py, "report_callback_error", (cb.handle(py), err.into_value(py)))
+                            .map(drop)
+                    }
+                    other => other,
+                }
+            };
+            let released = cb.handle_ref(py).release_after_run(py);
+            drop(cb);
+            let outcome = outcome.and(released);
+            if let Err(err) = outcome {
+                // Leave the rest of the batch to run next time, as asyncio does.
+                let mut st = this.state.borrow_mut(py)?;
+                while let Some(rest) = batch.pop_back() {
+                    st.ready.push_front(rest);
+                }
+                return Err(err);
+            }
+        }
+        this.state.borrow_mut(py)?.spare = batch;
+        Ok(())
+    }
+
+    fn set_fd_handler(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        writer: bool,
+    ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed()?;
+        let fd = fileobj_to_fd(fd)?;
+        let handle = new_untracked(py, Self::new_handle(slf, callback, args, None, false)?)?;
+        let (old, interest) = {
+            let mut st = this.state.borrow_mut(py)?;
+            let map = if writer { &mut st.writers } else { &mut st.readers };
+            let old = map.insert(fd, handle.clone_ref(py));
+            (old, st.interest(fd))
+        };
+        let registered = match this.poller.borrow_mut(py)?.as_mut() {
+            Some(p) => p.set_interest(fd, interest).map_err(PyErr::from),
+            None => Err(closed_error()),
+        };
+        if let Err(err) = registered {
+            let undone = {
+                let mut st = this.state.borrow_mut(py)?;
+                let map = if writer { &mut st.writers } else { &mut st.readers };
+                map.remove(&fd)
+            };
+            drop(undone);
+            if let Some(old) = old {
+                old.bind(py).call_method0("cancel")?;
+            }
+            return Err(err);
+        }
+        if let Some(old) = old {
+            old.bind(py).call_method0("cancel")?;
+        }
+        Ok(handle)
+    }
+
+    fn clear_fd_handler(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>, writer: bool) -> PyResult<bool> {
+        let py = slf.py();
+        let this = slf.get();
+        if this.closed.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let fd = fileobj_to_fd(fd)?;
+        let (old, interest) = {
+            let mut st = this.state.borrow_mut(py)?;
+            let map = if writer { &mut st.writers } else { &mut st.readers };
+            let old = map.remove(&fd);
+            (old, st.interest(fd))
+        };
+        let Some(old) = old else {
+            return Ok(false);
+        };
+        if let Some(p) = this.poller.borrow_mut(py)?.as_mut() {
+            p.set_interest(fd, interest)?;
+        }
+        old.bind(py).call_method0("cancel")?;
+        Ok(true)
+    }
+
+    fn wake(&self, py: Python<'_>) -> PyResult<()> {
+        if let Some(w) = self.waker.borrow_mut(py)?.as_ref() {
+            // A failed wake (eventfd counter full) means a wake is pending anyway.
+            let _ = w.wake();
+        }
+        Ok(())
+    }
+}
+
+#[pymethods]
+impl LoopCore {
+    #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn py_new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+        let (poller, waker) = Poller::new()?;
+        Ok(LoopCore {
+            state: GilCell::new(State::default()),
+            poller: GilCell::new(Some(poller)),
+            waker: GilCell::new(Some(waker)),
+            closed: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            debug: AtomicBool::new(false),
+            thread_id: AtomicU64::new(0),
+            sleeping: AtomicBool::new(false),
+            watching_signals: AtomicBool::new(false),
+            cancelled_timers: Arc::new(AtomicUsize::new(0)),
+            self_ref: GilCell::new(None),
+        })
+    }
+
+    /// The loop's clock, the same as `time.monotonic()`.
+    fn time(&self) -> f64 {
+        monotonic()
+    }
+
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon(
+        slf: &Bound<'_, Self>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed()?;
+        if this.debug.load(Ordering::Relaxed) {
+            this.check_thread()?;
+        }
+        this.check_callback(py, &callback, "call_soon")?;
+        let handle = new_untracked(py, Self::new_handle(slf, callback, args, context, true)?)?;
+        this.state.borrow_mut(py)?.ready.push_back(Callback::Handle(handle.clone_ref(py)));
+        Ok(handle)
+    }
+
+    /// Like call_soon, callable from any thread; wakes the loop if it sleeps.
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon_threadsafe(
+        slf: &Bound<'_, Self>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed()?;
+        this.check_callback(py, &callback, "call_soon_threadsafe")?;
+        let handle = new_untracked(py, Self::new_handle(slf, callback, args, context, true)?)?;
+        // Every thread holds the GIL here, so the push cannot race with the
+        // loop thread deciding to sleep: it either sees this callback when it
+        // computes its timeout, or it is already asleep and we wake it.
+        this.state.borrow_mut(py)?.ready.push_back(Callback::Handle(handle.clone_ref(py)));
+        if this.sleeping.swap(false, Ordering::SeqCst) {
+            this.wake(py)?;
+        }
+        Ok(handle)
+    }
+
+    #[pyo3(signature = (delay, callback, *args, context=None))]
+    fn call_later(
+        slf: &Bound<'_, Self>,
+        delay: Option<f64>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        let delay = delay.ok_or_else(|| PyTypeError::new_err("delay must not be None"))?;
+        Self::schedule_timer(slf, monotonic() + delay, callback, args, context, "call_later")
+    }
+
+    #[pyo3(signature = (when, callback, *args, context=None))]
+    fn call_at(
+        slf: &Bound<'_, Self>,
+        when: Option<f64>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        let when = when.ok_or_else(|| PyTypeError::new_err("when cannot be None"))?;
+        Self::schedule_timer(slf, when, callback, args, context, "call_at")
+    }
+
+    #[pyo3(signature = (fd, callback, *args))]
+    fn _add_reader(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
+        Self::set_fd_handler(slf, fd, callback, args, false)
+    }
+
+    #[pyo3(signature = (fd, callback, *args))]
+    fn _add_writer(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
+        Self::set_fd_handler(slf, fd, callback, args, true)
+    }
+
+    fn _remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::clear_fd_handler(slf, fd, false)
+    }
+
+    fn _remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::clear_fd_handler(slf, fd, true)
+    }
+
+    /// (reader handle or None, writer handle or None) for `fd`, for the
+    /// selector view that asyncio's transports use in their repr.
+    fn _fd_handlers(&self, py: Python<'_>, fd: RawFd) -> PyResult<(Option<Py<Handle>>, Option<Py<Handle>>)> {
+        let st = self.state.borrow_mut(py)?;
+        Ok((
+            st.readers.get(&fd).map(|h| h.clone_ref(py)),
+            st.writers.get(&fd).map(|h| h.clone_ref(py)),
+        ))
+    }
+
+    /// Every fd with a reader or writer.
+    fn _fds(&self, py: Python<'_>) -> PyResult<Vec<RawFd>> {
+        let st = self.state.borrow_mut(py)?;
+        let mut fds: Vec<RawFd> = st.readers.keys().chain(st.writers.keys()).copied().collect();
+        fds.sort_unstable();
+        fds.dedup();
+        Ok(fds)
+    }
+
+    /// Queue an existing handle (signal handlers), waking the loop if needed.
+    fn _queue_handle(&self, py: Python<'_>, handle: Py<Handle>) -> PyResult<()> {
+        self.state.borrow_mut(py)?.ready.push_back(Callback::Handle(handle));
+        if self.sleeping.swap(false, Ordering::SeqCst) {
+            self.wake(py)?;
+        }
+        Ok(())
+    }
+
+    /// Wake the loop if it is waiting for I/O (asyncio's `_write_to_self`).
+    fn _write_to_self(&self, py: Python<'_>) -> PyResult<()> {
+        self.wake(py)
+    }
+
+    /// The fd CPython's signal handler should write to (`signal.set_wakeup_fd`).
+    fn _signal_wakeup_fd(&self, py: Python<'_>) -> PyResult<RawFd> {
+        Ok(self.poller.borrow_mut(py)?.as_ref().map_or(-1, |p| p.signal_wakeup_fd()))
+    }
+
+    /// Tell the loop whether signal handlers are installed (see
+    /// `watching_signals`).
+    fn _watch_signals(&self, on: bool) {
+        self.watching_signals.store(on, Ordering::Relaxed);
+    }
+
+    fn _run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::run_once(slf)
+    }
+
+    /// The body of run_forever: iterate until stop() is called.  The Python
+    /// side does the setup and the cleanup around it.
+    fn _run_forever_native(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let this = slf.get();
+        let result = loop {
+            if let Err(e) = Self::run_once(slf) {
+                break Err(e);
+            }
+            if this.stopping.load(Ordering::Relaxed) {
+                break Ok(());
+            }
+        };
+        this.stopping.store(false, Ordering::Relaxed);
+        result
+    }
+
+    fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    fn is_running(&self) -> bool {
+        self.thread_id.load(Ordering::Relaxed) != 0
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    fn get_debug(&self) -> bool {
+        self.debug.load(Ordering::Relaxed)
+    }
+
+    /// Drop every queued callback, timer and fd registration and close the
+    /// poller's descriptors.  The Python close() calls this last.
+    fn _close_native(&self, py: Python<'_>) -> PyResult<()> {
+        self.closed.store(true, Ordering::Relaxed);
+        let dropped = {
+            let mut st = self.state.borrow_mut(py)?;
+            std::mem::take(&mut *st)
+        };
+        let poller = self.poller.borrow_mut(py)?.take();
+        let waker = self.waker.borrow_mut(py)?.take();
+        drop(waker);
+        drop(poller);
+        for timer in dropped.timers.iter() {
+            timer.get().unschedule();
+        }
+        drop(dropped);
+        self.cancelled_timers.store(0, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Number of callbacks ready to run and of timers scheduled (for tests
+    /// and introspection).
+    fn _queue_sizes(&self, py: Python<'_>) -> PyResult<(usize, usize)> {
+        let st = self.state.borrow_mut(py)?;
+        Ok((st.ready.len(), st.timers.len()))
+    }
+
+    #[getter(_closed)]
+    fn closed_attr(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    #[setter(_closed)]
+    fn set_closed_attr(&self, value: bool) {
+        self.closed.store(value, Ordering::Relaxed);
+    }
+
+    #[getter(_stopping)]
+    fn stopping_attr(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    #[setter(_stopping)]
+    fn set_stopping_attr(&self, value: bool) {
+        self.stopping.store(value, Ordering::Relaxed);
+    }
+
+    #[getter(_debug)]
+    fn debug_attr(&self) -> bool {
+        self.debug.load(Ordering::Relaxed)
+    }
+
+    #[setter(_debug)]
+    fn set_debug_attr(&self, value: bool) {
+        self.debug.store(value, Ordering::Relaxed);
+    }
+
+    #[getter(_thread_id)]
+    fn thread_id_attr(&self) -> Option<u64> {
+        match self.thread_id.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some(t),
+        }
+    }
+
+    #[setter(_thread_id)]
+    fn set_thread_id_attr(&self, value: Option<u64>) {
+        self.thread_id.store(value.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    #[getter(_timer_cancelled_count)]
+    fn timer_cancelled_count_attr(&self) -> usize {
+        self.cancelled_timers.load(Ordering::Relaxed)
+    }
+
+    #[setter(_timer_cancelled_count)]
+    fn set_timer_cancelled_count_attr(&self, value: usize) {
+        self.cancelled_timers.store(value, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,41 @@
+//! `GilCell`: a `RefCell` that may be shared between threads because every
+//! access happens with the GIL held.
+//!
+//! pyo3 requires `#[pyclass]` types to be `Sync`.  The loop's state is only ever
+//! touched by code holding the GIL (each accessor takes a `Python` token), and the
+//! GIL serialises those threads and orders their memory accesses, exactly like a
+//! mutex would.  Re-entrancy (a Python callback calling back into the loop while a
+//! borrow is live) is still caught by the `RefCell` flag and surfaces as a
+//! `RuntimeError` instead of undefined behaviour.  Callers keep borrows short and
+//! never call into Python (or drop a Python object) while one is live.
+//!
+//! This reasoning only holds on GIL-enabled CPython builds, which is why the
+//! module does not declare free-threading support.
+
+use std::cell::{RefCell, RefMut};
+
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+
+pub struct GilCell<T>(RefCell<T>);
+
+// SAFETY: see the module docs: all access goes through `borrow_mut`, which takes a
+// `Python` token, so it happens with the GIL held; the GIL provides mutual
+// exclusion and the happens-before ordering between threads.  `T: Send` is
+// required because the value may be dropped or used by another thread.
+unsafe impl<T: Send> Sync for GilCell<T> {}
+
+impl<T> GilCell<T> {
+    pub fn new(value: T) -> Self {
+        GilCell(RefCell::new(value))
+    }
+
+    /// Borrow the value mutably.  Fails (instead of aliasing) when a borrow is
+    /// already live, which only happens on re-entrant use.
+    #[inline]
+    pub fn borrow_mut<'a>(&'a self, _py: Python<'_>) -> PyResult<RefMut<'a, T>> {
+        self.0
+            .try_borrow_mut()
+            .map_err(|_| PyRuntimeError::new_err("ferroloop: re-entrant use of loop state"))
+    }
+}

@@ -1,0 +1,393 @@
+//! `Handle` and `TimerHandle`: asyncio's callback handles, natively.
+//!
+//! A handle owns the callback, its positional arguments and the
+//! `contextvars.Context` it runs in.  Cancelling drops the callback and
+//! arguments at once (so they are freed even while a timer still sits in the
+//! heap), as asyncio does.  Formatting (`repr`) and debug-mode stack capture are
+//! cold and live in Python (`ferroloop._hooks`).
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::pyclass::CompareOp;
+use pyo3::types::PyTuple;
+use pyo3::types::PyWeakrefReference;
+
+use crate::gil_cell::GilCell;
+use crate::hooks::call_hook;
+
+pub struct Callable {
+    pub callback: Py<PyAny>,
+    pub args: Py<PyTuple>,
+}
+
+/// The current `contextvars.Context`, copied (what asyncio does for `context=None`).
+pub fn copy_current_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
+    // SAFETY: PyContext_CopyCurrent returns a new reference or NULL with an
+    // exception set; Bound::from_owned_ptr_or_err handles both.
+    unsafe {
+        let ptr = ffi::PyContext_CopyCurrent();
+        Ok(Bound::from_owned_ptr_or_err(py, ptr)?.unbind())
+    }
+}
+
+/// Allocate a handle and take it off the garbage collector's list.
+///
+/// pyo3 makes every class GC-aware, but a handle's traversal reports nothing
+/// (see `Handle`), so tracking it only costs: it made collections the main
+/// cost of `call_soon`.
+pub fn new_untracked<T: pyo3::PyClass>(py: Python<'_>, init: impl Into<PyClassInitializer<T>>) -> PyResult<Py<T>> {
+    let obj = Py::new(py, init)?;
+    // SAFETY: `obj` is a live object we just created; untracking an object
+    // that is tracked is always allowed, and pyo3's dealloc only untracks
+    // (a no-op for untracked objects) before freeing.
+    unsafe { ffi::PyObject_GC_UnTrack(obj.as_ptr().cast()) };
+    Ok(obj)
+}
+
+/// True for the exceptions that must leave the loop instead of going to the
+/// exception handler.
+pub fn is_fatal(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py)
+}
+
+/// How a handle refers to its loop: weakly, so that a loop and the handles
+/// queued in it never form a reference cycle (handles are not tracked by the
+/// garbage collector, which keeps them cheap to create).
+pub enum LoopRef {
+    Weak(Py<PyWeakrefReference>),
+    /// For loop objects that do not support weak references.
+    Strong(Py<PyAny>),
+}
+
+impl LoopRef {
+    pub fn new(loop_: &Bound<'_, PyAny>) -> LoopRef {
+        match PyWeakrefReference::new(loop_) {
+            Ok(w) => LoopRef::Weak(w.unbind()),
+            Err(_) => LoopRef::Strong(loop_.clone().unbind()),
+        }
+    }
+
+    pub fn clone_ref(&self, py: Python<'_>) -> LoopRef {
+        match self {
+            LoopRef::Weak(w) => LoopRef::Weak(w.clone_ref(py)),
+            LoopRef::Strong(s) => LoopRef::Strong(s.clone_ref(py)),
+        }
+    }
+
+    fn get(&self, py: Python<'_>) -> Py<PyAny> {
+        match self {
+            LoopRef::Weak(w) => w.bind(py).upgrade().map_or_else(|| py.None(), |l| l.unbind()),
+            LoopRef::Strong(s) => s.clone_ref(py),
+        }
+    }
+}
+
+/// Handles are deliberately not GC-tracked (no `__traverse__`): tracking
+/// made the collector the main cost of `call_soon`.  To keep user-level
+/// cycles (an object holding its own timer handle whose callback is one of
+/// its methods) collectable, a one-shot handle drops its callback and
+/// arguments once it has run, as every handle does when cancelled.
+#[pyclass(module = "ferroloop", subclass, frozen, weakref)]
+pub struct Handle {
+    callable: GilCell<Option<Callable>>,
+    context: Py<PyAny>,
+    loop_: LoopRef,
+    /// call_soon/call_later handles run once; reader, writer and signal
+    /// handles run every time their event fires.
+    oneshot: bool,
+    cancelled: AtomicBool,
+    debug: bool,
+    source_traceback: Option<Py<PyAny>>,
+    /// In debug mode the repr is kept on cancel, when the callback is dropped.
+    saved_repr: GilCell<Option<Py<PyAny>>>,
+}
+
+impl Handle {
+    pub fn create(
+        py: Python<'_>,
+        callback: Py<PyAny>,
+        args: Py<PyTuple>,
+        loop_: LoopRef,
+        context: Option<Py<PyAny>>,
+        debug: bool,
+        oneshot: bool,
+    ) -> PyResult<Handle> {
+        let context = match context {
+            Some(c) if !c.is_none(py) => c,
+            _ => copy_current_context(py)?,
+        };
+        let source_traceback = if debug {
+            Some(call_hook(py, "extract_stack", ())?.unbind())
+        } else {
+            None
+        };
+        Ok(Handle {
+            callable: GilCell::new(Some(Callable { callback, args })),
+            context,
+            loop_,
+            oneshot,
+            cancelled: AtomicBool::new(false),
+            debug,
+            source_traceback,
+            saved_repr: GilCell::new(None),
+        })
+    }
+
+    #[inline]
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// Run the callback in its context.  Errors are returned to the caller,
+    /// which decides between the exception handler and propagation.
+    #[inline]
+    pub fn invoke(&self, py: Python<'_>) -> PyResult<()> {
+        let (callback, args) = match &*self.callable.borrow_mut(py)? {
+            Some(c) => (c.callback.clone_ref(py), c.args.clone_ref(py)),
+            None => return Ok(()),
+        };
+        let ctx = self.context.as_ptr();
+        // SAFETY: `ctx` is a live object owned by `self`; PyContext_Enter checks
+        // its type and fails with TypeError/RuntimeError (already entered)
+        // without side effects.
+        if unsafe { ffi::PyContext_Enter(ctx) } < 0 {
+            return Err(PyErr::fetch(py));
+        }
+        let args = args.bind(py);
+        let result = if args.is_empty() {
+            callback.bind(py).call0()
+        } else {
+            callback.bind(py).call1(args)
+        };
+        // SAFETY: we entered `ctx` above on this thread and the callback cannot
+        // leave it entered-by-someone-else: Context.run/enter calls nest.
+        if unsafe { ffi::PyContext_Exit(ctx) } < 0 {
+            let exit_err = PyErr::fetch(py);
+            return result.and(Err::<(), PyErr>(exit_err));
+        }
+        result.map(drop)
+    }
+
+    /// After a one-shot handle ran: free the callback and arguments (see
+    /// the type docs).  Debug mode keeps them for the slow-callback report.
+    #[inline]
+    pub fn release_after_run(&self, py: Python<'_>) -> PyResult<()> {
+        if self.oneshot && !self.debug {
+            let dropped = self.callable.borrow_mut(py)?.take();
+            drop(dropped);
+        }
+        Ok(())
+    }
+
+    fn do_cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let this = slf.get();
+        if this.cancelled.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        if this.debug {
+            // Keep a readable repr for debugging before the callback goes.
+            let r = slf.repr()?.into_any().unbind();
+            let old = this.saved_repr.borrow_mut(slf.py())?.replace(r);
+            drop(old);
+        }
+        this.cancelled.store(true, Ordering::Relaxed);
+        let dropped = this.callable.borrow_mut(slf.py())?.take();
+        drop(dropped);
+        Ok(())
+    }
+
+    /// Run like asyncio's `Handle._run`: errors other than SystemExit and
+    /// KeyboardInterrupt go to the loop's exception handler.
+    pub fn run_reporting(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        if let Err(err) = slf.get().invoke(py) {
+            if is_fatal(py, &err) {
+                return Err(err);
+            }
+            call_hook(py, "report_callback_error", (slf, err.into_value(py)))?;
+        }
+        Ok(())
+    }
+}
+
+#[pymethods]
+impl Handle {
+    #[new]
+    #[pyo3(signature = (callback, args, r#loop, context=None))]
+    fn py_new(
+        py: Python<'_>,
+        callback: Py<PyAny>,
+        args: Option<Bound<'_, PyAny>>,
+        r#loop: Py<PyAny>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Self> {
+        let args = match args {
+            Some(a) if !a.is_none() => PyTuple::new(py, a.try_iter()?.collect::<PyResult<Vec<_>>>()?)?,
+            _ => PyTuple::empty(py),
+        };
+        let loop_ = r#loop.bind(py);
+        let debug = loop_.call_method0("get_debug")?.is_truthy()?;
+        Handle::create(py, callback, args.unbind(), LoopRef::new(loop_), context, debug, false)
+    }
+
+    fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Handle::do_cancel(slf)
+    }
+
+    fn cancelled(&self) -> bool {
+        self.is_cancelled()
+    }
+
+    fn get_context(&self, py: Python<'_>) -> Py<PyAny> {
+        self.context.clone_ref(py)
+    }
+
+    fn _run(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Handle::run_reporting(slf)
+    }
+
+    #[getter]
+    fn _callback(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Ok(match &*self.callable.borrow_mut(py)? {
+            Some(c) => c.callback.clone_ref(py),
+            None => py.None(),
+        })
+    }
+
+    #[getter]
+    fn _args(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Ok(match &*self.callable.borrow_mut(py)? {
+            Some(c) => c.args.clone_ref(py).into_any(),
+            None => py.None(),
+        })
+    }
+
+    #[getter]
+    fn _cancelled(&self) -> bool {
+        self.is_cancelled()
+    }
+
+    #[getter]
+    fn _context(&self, py: Python<'_>) -> Py<PyAny> {
+        self.context.clone_ref(py)
+    }
+
+    #[getter]
+    fn _loop(&self, py: Python<'_>) -> Py<PyAny> {
+        self.loop_.get(py)
+    }
+
+    #[getter]
+    fn _source_traceback(&self, py: Python<'_>) -> Py<PyAny> {
+        match &self.source_traceback {
+            Some(tb) => tb.clone_ref(py),
+            None => py.None(),
+        }
+    }
+
+    #[getter]
+    fn _repr(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Ok(match &*self.saved_repr.borrow_mut(py)? {
+            Some(r) => r.clone_ref(py),
+            None => py.None(),
+        })
+    }
+
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        Ok(call_hook(slf.py(), "handle_repr", (slf,))?.unbind())
+    }
+}
+
+/// A handle scheduled at an absolute loop time.
+#[pyclass(module = "ferroloop", extends = Handle, frozen)]
+pub struct TimerHandle {
+    when: f64,
+    scheduled: AtomicBool,
+    /// The owning loop's count of cancelled timers still in its heap.
+    cancelled_in_heap: Arc<AtomicUsize>,
+}
+
+impl TimerHandle {
+    pub fn new(when: f64, cancelled_in_heap: Arc<AtomicUsize>) -> Self {
+        TimerHandle { when, scheduled: AtomicBool::new(true), cancelled_in_heap }
+    }
+
+    /// Called when the loop takes the timer out of its heap.
+    pub fn unschedule(&self) {
+        self.scheduled.store(false, Ordering::Relaxed);
+    }
+
+    pub fn when_(&self) -> f64 {
+        self.when
+    }
+}
+
+#[pymethods]
+impl TimerHandle {
+    fn when(&self) -> f64 {
+        self.when
+    }
+
+    fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let base = slf.as_super();
+        if !base.get().is_cancelled() && slf.get().scheduled.load(Ordering::Relaxed) {
+            slf.get().cancelled_in_heap.fetch_add(1, Ordering::Relaxed);
+        }
+        Handle::do_cancel(base)
+    }
+
+    #[getter]
+    fn _when(&self) -> f64 {
+        self.when
+    }
+
+    #[getter]
+    fn _scheduled(&self) -> bool {
+        self.scheduled.load(Ordering::Relaxed)
+    }
+
+    fn __hash__(&self) -> u64 {
+        // Hash like asyncio's: by deadline.
+        self.when.to_bits()
+    }
+
+    fn __richcmp__(
+        slf: &Bound<'_, Self>,
+        other: &Bound<'_, PyAny>,
+        op: CompareOp,
+    ) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let Ok(other) = other.cast::<TimerHandle>() else {
+            return Ok(py.NotImplemented());
+        };
+        let (a, b) = (slf.get().when, other.get().when);
+        let result = match op {
+            CompareOp::Lt => a < b,
+            CompareOp::Le => a < b || slf.is(other) || a == b && handles_equal(slf, other)?,
+            CompareOp::Gt => a > b,
+            CompareOp::Ge => a > b || slf.is(other) || a == b && handles_equal(slf, other)?,
+            CompareOp::Eq => slf.is(other) || a == b && handles_equal(slf, other)?,
+            CompareOp::Ne => !(slf.is(other) || a == b && handles_equal(slf, other)?),
+        };
+        Ok(pyo3::types::PyBool::new(py, result).to_owned().into_any().unbind())
+    }
+}
+
+/// asyncio's TimerHandle equality beyond the deadline: same callback, same
+/// arguments and same cancelled state.
+fn handles_equal(a: &Bound<'_, TimerHandle>, b: &Bound<'_, TimerHandle>) -> PyResult<bool> {
+    let (ha, hb) = (a.as_super(), b.as_super());
+    if ha.get().is_cancelled() != hb.get().is_cancelled() {
+        return Ok(false);
+    }
+    let ca = ha.getattr("_callback")?;
+    let cb = hb.getattr("_callback")?;
+    if !ca.eq(&cb)? {
+        return Ok(false);
+    }
+    ha.getattr("_args")?.eq(hb.getattr("_args")?)
+}

@@ -1,0 +1,21 @@
+//! Python helpers the native code calls on cold paths (repr formatting, debug
+//! stack capture), imported once from `ferroloop._hooks`.
+
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+
+static HOOKS: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+
+pub fn hooks(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
+    HOOKS
+        .get_or_try_init(py, || Ok::<_, PyErr>(py.import("ferroloop._hooks")?.unbind()))
+        .map(|m| m.bind(py))
+}
+
+/// Call `ferroloop._hooks.<name>(*args)`.
+pub fn call_hook<'py, A>(py: Python<'py>, name: &str, args: A) -> PyResult<Bound<'py, PyAny>>
+where
+    A: pyo3::call::PyCallArgs<'py>,
+{
+    hooks(py)?.getattr(name)?.call1(args)
+}

@@ -1,0 +1,312 @@
+//! I/O readiness: a mio `Poll` plus the bookkeeping asyncio's semantics need.
+//!
+//! * Level-triggered `add_reader`/`add_writer` on top of edge-triggered epoll:
+//!   every fd that reported readiness is re-armed (EPOLL_CTL_MOD) before the
+//!   next wait.  Re-arming makes the kernel re-check the fd, so one that is
+//!   still readable reports again, exactly like a level-triggered poll.
+//! * A `mio::Waker` (eventfd) for `call_soon_threadsafe`.
+//! * A non-blocking pipe handed to `signal.set_wakeup_fd`: CPython's C-level
+//!   signal handler writes the signal number into it, which wakes the poll
+//!   promptly whichever thread the kernel delivered the signal to.
+//!
+//! Pure Rust (no Python), so it is unit tested with `cargo test`.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+
+pub const WAKER_TOKEN: Token = Token(usize::MAX);
+pub const SIGNAL_TOKEN: Token = Token(usize::MAX - 1);
+
+/// One readiness report, already translated to asyncio's view: errors and
+/// hang-ups count as both readable and writable (as `selectors` reports them),
+/// so the callback runs and sees the error itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ready {
+    Wake,
+    Signal,
+    Fd { fd: RawFd, readable: bool, writable: bool },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct FdInterest {
+    pub read: bool,
+    pub write: bool,
+}
+
+impl FdInterest {
+    fn to_mio(self) -> Option<Interest> {
+        match (self.read, self.write) {
+            (true, true) => Some(Interest::READABLE | Interest::WRITABLE),
+            (true, false) => Some(Interest::READABLE),
+            (false, true) => Some(Interest::WRITABLE),
+            (false, false) => None,
+        }
+    }
+}
+
+pub struct Poller {
+    poll: Poll,
+    events: Events,
+    interests: HashMap<RawFd, FdInterest>,
+    /// fds that reported readiness in the last wait, re-armed before the next.
+    fired: Vec<RawFd>,
+    signal_rx: OwnedFd,
+    signal_tx: OwnedFd,
+}
+
+fn token_for(fd: RawFd) -> Token {
+    Token(fd as usize)
+}
+
+impl Poller {
+    pub fn new() -> io::Result<(Poller, Waker)> {
+        let poll = Poll::new()?;
+        let waker = Waker::new(poll.registry(), WAKER_TOKEN)?;
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 succeeded, so both are fresh descriptors we now own.
+        let (signal_rx, signal_tx) =
+            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        poll.registry().register(
+            &mut SourceFd(&signal_rx.as_raw_fd()),
+            SIGNAL_TOKEN,
+            Interest::READABLE,
+        )?;
+        Ok((
+            Poller {
+                poll,
+                events: Events::with_capacity(1024),
+                interests: HashMap::new(),
+                fired: Vec::new(),
+                signal_rx,
+                signal_tx,
+            },
+            waker,
+        ))
+    }
+
+    /// The fd to give to `signal.set_wakeup_fd`.
+    pub fn signal_wakeup_fd(&self) -> RawFd {
+        self.signal_tx.as_raw_fd()
+    }
+
+    #[cfg(test)]
+    pub fn interest(&self, fd: RawFd) -> FdInterest {
+        self.interests.get(&fd).copied().unwrap_or_default()
+    }
+
+    /// True when some fd is watched.
+    pub fn has_registrations(&self) -> bool {
+        !self.interests.is_empty()
+    }
+
+    /// Watch `fd` for exactly `want`; an empty interest stops watching it.
+    pub fn set_interest(&mut self, fd: RawFd, want: FdInterest) -> io::Result<()> {
+        let registry = self.poll.registry();
+        let had = self.interests.contains_key(&fd);
+        match want.to_mio() {
+            None => {
+                if had {
+                    self.interests.remove(&fd);
+                    // The fd may already be closed (EBADF) or reused (ENOENT):
+                    // either way the kernel no longer watches it for us.
+                    match registry.deregister(&mut SourceFd(&fd)) {
+                        Err(e) if !matches!(e.raw_os_error(), Some(libc::EBADF | libc::ENOENT)) => {
+                            return Err(e)
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(())
+            }
+            Some(interest) => {
+                let result = if had {
+                    match registry.reregister(&mut SourceFd(&fd), token_for(fd), interest) {
+                        // Closed and reopened behind our back: register anew.
+                        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                            registry.register(&mut SourceFd(&fd), token_for(fd), interest)
+                        }
+                        other => other,
+                    }
+                } else {
+                    match registry.register(&mut SourceFd(&fd), token_for(fd), interest) {
+                        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                            registry.reregister(&mut SourceFd(&fd), token_for(fd), interest)
+                        }
+                        other => other,
+                    }
+                };
+                match result {
+                    Ok(()) => {
+                        self.interests.insert(fd, want);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        if had {
+                            self.interests.remove(&fd);
+                        }
+                        Err(e)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Wait for readiness (None = forever) and return what is ready.  The GIL
+    /// must not be held by the caller.  EINTR returns an empty list so the
+    /// caller can run Python's signal handlers.
+    pub fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Ready>) -> io::Result<()> {
+        self.rearm_fired();
+        out.clear();
+        match self.poll.poll(&mut self.events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        for event in self.events.iter() {
+            let token = event.token();
+            if token == WAKER_TOKEN {
+                out.push(Ready::Wake);
+            } else if token == SIGNAL_TOKEN {
+                out.push(Ready::Signal);
+            } else {
+                let fd = token.0 as RawFd;
+                let err = event.is_error();
+                let readable = event.is_readable() || event.is_read_closed() || err;
+                let writable = event.is_writable() || event.is_write_closed() || err;
+                self.fired.push(fd);
+                out.push(Ready::Fd { fd, readable, writable });
+            }
+        }
+        Ok(())
+    }
+
+    /// Ask the kernel to re-check the fds that fired last time (see module
+    /// docs).  Failures mean the fd was closed without being removed; the
+    /// registration is dropped then, since nothing can become ready on it.
+    fn rearm_fired(&mut self) {
+        let fired = std::mem::take(&mut self.fired);
+        for &fd in &fired {
+            if let Some(want) = self.interests.get(&fd).copied() {
+                if let Some(interest) = want.to_mio() {
+                    if self
+                        .poll
+                        .registry()
+                        .reregister(&mut SourceFd(&fd), token_for(fd), interest)
+                        .is_err()
+                    {
+                        self.interests.remove(&fd);
+                    }
+                }
+            }
+        }
+        self.fired = fired;
+        self.fired.clear();
+    }
+
+    /// Signal numbers written by CPython's C signal handler since last time.
+    pub fn drain_signals(&self, out: &mut Vec<u8>) {
+        let mut buf = [0u8; 256];
+        loop {
+            // SAFETY: reading into a local buffer of the given length from an
+            // fd we own.
+            let n = unsafe {
+                libc::read(self.signal_rx.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())
+            };
+            if n <= 0 {
+                // 0 cannot happen while we hold the write end; <0 is EAGAIN
+                // (drained) or EINTR (a signal just arrived: we will wake
+                // again for it).
+                break;
+            }
+            out.extend_from_slice(&buf[..n as usize]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    fn wait0(p: &mut Poller) -> Vec<Ready> {
+        let mut out = vec![];
+        p.wait(Some(Duration::from_millis(0)), &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn reports_readable_until_drained_like_level_triggered() {
+        let (mut p, _w) = Poller::new().unwrap();
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        b.set_nonblocking(true).unwrap();
+        let fd = b.as_raw_fd();
+        p.set_interest(fd, FdInterest { read: true, write: false }).unwrap();
+        assert!(wait0(&mut p).is_empty());
+        a.write_all(b"hello").unwrap();
+        let r = wait0(&mut p);
+        assert_eq!(r, vec![Ready::Fd { fd, readable: true, writable: false }]);
+        // Not drained: reported again, although epoll is edge-triggered.
+        assert_eq!(wait0(&mut p).len(), 1);
+        let mut buf = [0u8; 16];
+        assert_eq!(b.read(&mut buf).unwrap(), 5);
+        assert!(wait0(&mut p).is_empty());
+    }
+
+    #[test]
+    fn waker_and_interest_changes() {
+        let (mut p, w) = Poller::new().unwrap();
+        w.wake().unwrap();
+        assert_eq!(wait0(&mut p), vec![Ready::Wake]);
+        let (_a, b) = UnixStream::pair().unwrap();
+        let fd = b.as_raw_fd();
+        p.set_interest(fd, FdInterest { read: false, write: true }).unwrap();
+        assert_eq!(wait0(&mut p), vec![Ready::Fd { fd, readable: false, writable: true }]);
+        p.set_interest(fd, FdInterest::default()).unwrap();
+        assert!(wait0(&mut p).is_empty());
+        assert_eq!(p.interest(fd), FdInterest::default());
+    }
+
+    #[test]
+    fn hangup_counts_as_readable_and_writable() {
+        let (mut p, _w) = Poller::new().unwrap();
+        let (a, b) = UnixStream::pair().unwrap();
+        let fd = b.as_raw_fd();
+        p.set_interest(fd, FdInterest { read: true, write: false }).unwrap();
+        drop(a);
+        match wait0(&mut p).as_slice() {
+            [Ready::Fd { readable: true, .. }] => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn registering_a_regular_file_fails_cleanly() {
+        let (mut p, _w) = Poller::new().unwrap();
+        let f = std::fs::File::open("/proc/self/status").unwrap();
+        let r = p.set_interest(f.as_raw_fd(), FdInterest { read: true, write: false });
+        assert!(r.is_err());
+        assert_eq!(p.interest(f.as_raw_fd()), FdInterest::default());
+    }
+
+    #[test]
+    fn signal_pipe_carries_bytes() {
+        let (mut p, _w) = Poller::new().unwrap();
+        let tx = p.signal_wakeup_fd();
+        // SAFETY: writing one byte from a local buffer to our own pipe.
+        unsafe { libc::write(tx, [10u8].as_ptr().cast(), 1) };
+        assert_eq!(wait0(&mut p), vec![Ready::Signal]);
+        let mut sigs = vec![];
+        p.drain_signals(&mut sigs);
+        assert_eq!(sigs, vec![10]);
+    }
+}

@@ -1,0 +1,44 @@
+"""Shared fixtures.
+
+Every test runs on ferroloop by default.  Set FERROLOOP_TEST_TARGET=asyncio to run
+the same tests on stock asyncio: that is how we check that a test asserts
+asyncio's real behaviour rather than ferroloop's.
+"""
+import asyncio
+import os
+
+import pytest
+
+TARGET = os.environ.get("FERROLOOP_TEST_TARGET", "ferroloop")
+
+
+def new_loop():
+    """A fresh event loop of the kind under test."""
+    if TARGET == "asyncio":
+        return asyncio.new_event_loop()
+    import ferroloop
+
+    return ferroloop.new_event_loop()
+
+
+def on_ferroloop():
+    return TARGET != "asyncio"
+
+
+@pytest.fixture
+def loop():
+    lp = new_loop()
+    asyncio.set_event_loop(lp)
+    try:
+        yield lp
+    finally:
+        if lp.is_running():
+            lp.stop()
+        if not lp.is_closed():
+            lp.close()
+        asyncio.set_event_loop(None)
+
+
+@pytest.fixture
+def loop_factory():
+    return new_loop
