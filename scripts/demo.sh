@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Build ferroloop in a fresh virtual environment, run the founding notes'
+# examples on it, then the scheduling benchmark against asyncio (and uvloop
+# and rloop, installed from PyPI for the comparison).
+#   PYTHON=python3.12 bash scripts/demo.sh     (default: python3)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv-demo}
+rm -rf "$VENV"
+"$PYTHON" -m venv "$VENV"
+"$VENV/bin/python" -m pip install --quiet --upgrade pip
+"$VENV/bin/python" -m pip install --quiet . uvloop rloop || "$VENV/bin/python" -m pip install --quiet .
+cd benches
+"../$VENV/bin/python" -m ferroloop
+"../$VENV/bin/python" bench_scheduling.py "$@"
