@@ -267,38 +267,32 @@ impl LoopCore {
         let must_wait = timeout != Some(Duration::ZERO)
             || this.watching_signals.load(Ordering::Relaxed)
             || this.poller.borrow_mut(py)?.as_ref().is_some_and(|p| p.has_registrations());
-        let mut events = std::mem::take(&mut this.state.borrow_mut(py)?.io_events);
-        if must_wait {
-            let mut guard = this.poller.borrow_mut(py)?;
-            let poller = guard.as_mut().ok_or_else(closed_error)?;
-            if timeout == Some(Duration::ZERO) {
-                // Does not block: no need to release the GIL.
-                poller.wait(timeout, &mut events)?;
-            } else {
-                this.sleeping.store(true, Ordering::SeqCst);
-                let waited = py.detach(|| poller.wait(timeout, &mut events));
-                this.sleeping.store(false, Ordering::SeqCst);
-                waited?;
-            }
-        }
         let mut signals_pending = false;
-        {
+        if must_wait {
+            let mut events = std::mem::take(&mut this.state.borrow_mut(py)?.io_events);
+            {
+                let mut guard = this.poller.borrow_mut(py)?;
+                let poller = guard.as_mut().ok_or_else(closed_error)?;
+                if timeout == Some(Duration::ZERO) {
+                    // Does not block: no need to release the GIL.
+                    poller.wait(timeout, &mut events)?;
+                } else {
+                    this.sleeping.store(true, Ordering::SeqCst);
+                    let waited = py.detach(|| poller.wait(timeout, &mut events));
+                    this.sleeping.store(false, Ordering::SeqCst);
+                    waited?;
+                }
+            }
             let mut st = this.state.borrow_mut(py)?;
             let st = &mut *st;
-            for ev in events.iter() {
-                match *ev {
+            for ev in events.drain(..) {
+                match ev {
                     Ready::Wake => {}
                     Ready::Signal => signals_pending = true,
                     Ready::Fd { fd, readable, writable } => {
-                        if readable {
-                            if let Some(h) = st.readers.get(&fd) {
-                                if !h.get().is_cancelled() {
-                                    st.ready.push_back(Callback::Handle(h.clone_ref(py)));
-                                }
-                            }
-                        }
-                        if writable {
-                            if let Some(h) = st.writers.get(&fd) {
+                        let handlers = [(readable, &st.readers), (writable, &st.writers)];
+                        for (ready, map) in handlers {
+                            if let Some(h) = map.get(&fd).filter(|_| ready) {
                                 if !h.get().is_cancelled() {
                                     st.ready.push_back(Callback::Handle(h.clone_ref(py)));
                                 }
@@ -307,15 +301,12 @@ impl LoopCore {
                     }
                 }
             }
-            events.clear();
             st.io_events = events;
         }
         if signals_pending {
             let mut signums: SmallVec<[u8; 8]> = SmallVec::new();
             if let Some(poller) = this.poller.borrow_mut(py)?.as_ref() {
-                let mut buf = Vec::new();
-                poller.drain_signals(&mut buf);
-                signums.extend(buf);
+                poller.drain_signals(&mut signums);
             }
             for signum in signums {
                 slf.call_method1("_handle_signal", (signum,))?;
@@ -325,29 +316,29 @@ impl LoopCore {
         // signal that woke us takes effect at once.
         py.check_signals()?;
 
-        // 4: timers that are due.
-        {
-            let mut st = this.state.borrow_mut(py)?;
-            let st = &mut *st;
-            let end = if st.timers.is_empty() { f64::NEG_INFINITY } else { monotonic() + CLOCK_RESOLUTION };
-            while let Some(timer) = st.timers.pop_due(end) {
-                timer.get().unschedule();
-                if timer.bind(py).as_super().get().is_cancelled() {
-                    this.cancelled_timers.fetch_sub(1, Ordering::Relaxed);
-                    removed.push(timer);
-                } else {
-                    st.ready.push_back(Callback::Timer(timer));
-                }
-            }
-        }
-        drop(removed);
-
-        // 5: run what is ready now.
+        // 4: timers that are due join the ready queue; 5 starts by taking
+        // the whole queue as this iteration's batch.
         let mut batch = {
             let mut st = this.state.borrow_mut(py)?;
+            let st = &mut *st;
+            if !st.timers.is_empty() {
+                let end = monotonic() + CLOCK_RESOLUTION;
+                while let Some(timer) = st.timers.pop_due(end) {
+                    timer.get().unschedule();
+                    if timer.bind(py).as_super().get().is_cancelled() {
+                        this.cancelled_timers.fetch_sub(1, Ordering::Relaxed);
+                        removed.push(timer);
+                    } else {
+                        st.ready.push_back(Callback::Timer(timer));
+                    }
+                }
+            }
             let spare = std::mem::take(&mut st.spare);
             std::mem::replace(&mut st.ready, spare)
         };
+        drop(removed);
+
+        // 5: run what is ready now.
         let debug = this.debug.load(Ordering::Relaxed);
         while let Some(cb) = batch.pop_front() {
             let outcome = if debug {

@@ -213,7 +213,7 @@ impl Poller {
     }
 
     /// Signal numbers written by CPython's C signal handler since last time.
-    pub fn drain_signals(&self, out: &mut Vec<u8>) {
+    pub fn drain_signals(&self, out: &mut impl Extend<u8>) {
         let mut buf = [0u8; 256];
         loop {
             // SAFETY: reading into a local buffer of the given length from an
@@ -227,7 +227,7 @@ impl Poller {
                 // again for it).
                 break;
             }
-            out.extend_from_slice(&buf[..n as usize]);
+            out.extend(buf[..n as usize].iter().copied());
         }
     }
 }
