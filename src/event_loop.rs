@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use mio::Waker;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyInt, PyTuple};
 use smallvec::SmallVec;
@@ -342,15 +343,9 @@ impl LoopCore {
         let debug = this.debug.load(Ordering::Relaxed);
         while let Some(cb) = batch.pop_front() {
             let outcome = if debug {
-                slf.call_method1("_run_handle_debug", (cb.handle(py),)).map(drop)
+                Self::run_debug(slf, &cb)
             } else {
-                match cb.handle_ref(py).invoke(py) {
-                    Err(err) if !is_fatal(py, &err) => {
-                        call_hook(py, "report_callback_error", (cb.handle(py), err.into_value(py)))
-                            .map(drop)
-                    }
-                    other => other,
-                }
+                Self::run_callback(py, &cb)
             };
             let released = cb.handle_ref(py).release_after_run(py);
             drop(cb);
@@ -365,6 +360,39 @@ impl LoopCore {
             }
         }
         this.state.borrow_mut(py)?.spare = batch;
+        Ok(())
+    }
+
+    /// Run one callback; errors other than SystemExit/KeyboardInterrupt go
+    /// to the exception handler (asyncio's `Handle._run`).
+    #[inline]
+    fn run_callback(py: Python<'_>, cb: &Callback) -> PyResult<()> {
+        match cb.handle_ref(py).invoke(py) {
+            Err(err) if !is_fatal(py, &err) => {
+                call_hook(py, "report_callback_error", (cb.handle(py), err.into_value(py))).map(drop)
+            }
+            other => other,
+        }
+    }
+
+    /// Debug mode: expose the running handle as `_current_handle` and warn
+    /// about callbacks slower than `slow_callback_duration`, as asyncio does.
+    /// Done here rather than in a Python method so that no Python frame
+    /// holding the handle sits under the callback: frames kept alive by a
+    /// traceback would otherwise tie the (GC-untracked) handle into a cycle.
+    fn run_debug(slf: &Bound<'_, Self>, cb: &Callback) -> PyResult<()> {
+        let py = slf.py();
+        let handle = cb.handle(py);
+        slf.setattr(intern!(py, "_current_handle"), &handle)?;
+        let t0 = monotonic();
+        let outcome = Self::run_callback(py, cb);
+        let dt = monotonic() - t0;
+        slf.setattr(intern!(py, "_current_handle"), py.None())?;
+        outcome?;
+        let slow: f64 = slf.getattr(intern!(py, "slow_callback_duration"))?.extract()?;
+        if dt >= slow {
+            call_hook(py, "warn_slow_callback", (handle, dt))?;
+        }
         Ok(())
     }
 

@@ -172,11 +172,11 @@ impl Handle {
         result.map(drop)
     }
 
-    /// After a one-shot handle ran: free the callback and arguments (see
-    /// the type docs).  Debug mode keeps them for the slow-callback report.
+    /// After a one-shot handle ran (and any slow-callback report used its
+    /// repr): free the callback and arguments (see the type docs).
     #[inline]
     pub fn release_after_run(&self, py: Python<'_>) -> PyResult<()> {
-        if self.oneshot && !self.debug {
+        if self.oneshot {
             let dropped = self.callable.borrow_mut(py)?.take();
             drop(dropped);
         }

@@ -449,3 +449,28 @@ def test_new_loop_default_debug_follows_sys_flags():
         assert lp.get_debug() == expected
     finally:
         lp.close()
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_unretrieved_task_exception_is_reported_in_debug_mode_too(loop, debug):
+    """A task that failed and that nobody awaits must be freed and reported
+    ("Task exception was never retrieved").  Regression: in debug mode a frame
+    kept alive by the exception's traceback held the (GC-untracked) handle
+    that ran the task, so the task leaked and was never reported."""
+    import gc
+
+    seen = []
+    loop.set_debug(debug)
+    loop.set_exception_handler(lambda lp, ctx: seen.append(ctx["message"]))
+
+    async def fails():
+        1 / 0
+
+    async def main():
+        asyncio.ensure_future(fails())
+        for _ in range(3):
+            await asyncio.sleep(0)
+        gc.collect()
+
+    loop.run_until_complete(main())
+    assert "Task exception was never retrieved" in seen

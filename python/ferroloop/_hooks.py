@@ -3,7 +3,8 @@ capture, argument checks and error reporting.  They reuse asyncio's own
 formatting helpers so ferroloop's messages read exactly like asyncio's.
 """
 import sys
-from asyncio import coroutines, format_helpers
+from asyncio import base_events, coroutines, format_helpers
+from asyncio.log import logger
 
 _DEBUG_KWARG = sys.version_info >= (3, 13)
 
@@ -60,3 +61,9 @@ def report_callback_error(handle, exc):
     if tb:
         context['source_traceback'] = tb
     handle._loop.call_exception_handler(context)
+
+
+def warn_slow_callback(handle, seconds):
+    """Debug mode: a callback ran longer than loop.slow_callback_duration."""
+    logger.warning('Executing %s took %.3f seconds',
+                   base_events._format_handle(handle), seconds)

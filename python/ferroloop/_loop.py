@@ -88,6 +88,9 @@ class Loop(_ferroloop.LoopCore, unix_events.SelectorEventLoop):
         # and _thread_id are native properties it writes through.
         base_events.BaseEventLoop.__init__(self)
         self._selector = _SelectorView(self)
+        # asyncio counts its self-pipe here; ours is the poller's waker.
+        self._internal_fds = 1
+        self._ssock = self._csock = None
         self._transports = weakref.WeakValueDictionary()
         self._signal_handlers = {}
         self._unix_server_sockets = {}
@@ -125,19 +128,6 @@ class Loop(_ferroloop.LoopCore, unix_events.SelectorEventLoop):
         finally:
             self._run_forever_cleanup()
 
-    def _run_handle_debug(self, handle):
-        """Debug mode: run one callback, timing it like asyncio does."""
-        self._current_handle = handle
-        try:
-            t0 = self.time()
-            handle._run()
-            dt = self.time() - t0
-            if dt >= self.slow_callback_duration:
-                logger.warning('Executing %s took %.3f seconds',
-                               base_events._format_handle(handle), dt)
-        finally:
-            self._current_handle = None
-
     def close(self):
         """Close the loop: drop pending callbacks, timers and fd watches,
         remove signal handlers and shut the default executor down (without
@@ -157,6 +147,10 @@ class Loop(_ferroloop.LoopCore, unix_events.SelectorEventLoop):
             self._signal_handlers.clear()
         base_events.BaseEventLoop.close(self)
         self._close_native()
+        # Like asyncio's selector loop: no selector (transports' repr then
+        # says "open"/"closed" only) and no internal fds once closed.
+        self._selector = None
+        self._internal_fds = 0
 
     # -- tasks -----------------------------------------------------------
 

@@ -1,0 +1,530 @@
+"""Child process of conformance/run.py: run ONE CPython asyncio test module.
+
+Not meant to be run by hand (run.py starts it), but it can be, for
+debugging a single module:
+
+    python conformance/worker.py --module test_tasks --mode ferroloop \
+        --out /tmp/tasks.jsonl
+
+--mode asyncio   stock asyncio, only the (neutral) instrumentation below.
+--mode ferroloop ferroloop injected first, see ``inject_ferroloop`` and
+                 run.py's module docstring for the strategy.
+
+Output is a JSON-lines file, one record per event, flushed as it happens so
+that run.py still has everything up to the last test if this process
+crashes (segfault in a native extension) or is killed on timeout:
+
+    {"event": "start_run", ...}          interpreter and ferroloop info
+    {"event": "collected", "ids": [...]} every test id of the module, in order
+    {"event": "start", "id": ...}        a test began
+    {"event": "loop", "id": ..., "kind": ..., "how": "created"|"ran"}
+                                         first loop of a kind in this test
+    {"event": "result", "id": ..., "outcome": ..., ...}
+    {"event": "done", ...}               the whole module finished
+
+Outcomes: success, failure, error, skip, expected_failure,
+unexpected_success.  (run.py adds crash, timeout and not_run.)
+
+Instrumentation (same in both modes, so it cannot bias the comparison):
+``BaseEventLoop.__init__`` and ``BaseEventLoop.run_forever`` are wrapped to
+record, per test, the classes of the event loops the test created and ran.
+In ferroloop mode ``ferroloop.Loop.__init__``/``run_forever`` are wrapped as
+well, in case ferroloop's native parts do not chain up to BaseEventLoop.
+"""
+
+import argparse
+import faulthandler
+import functools
+import importlib
+import json
+import os
+import sys
+import time
+import traceback
+import unittest
+
+import asyncio
+from asyncio import base_events
+
+PACKAGE = "test.test_asyncio"
+
+# The test_events classes that run EventLoopTestsMixin against one stock
+# selector each.  In ferroloop mode they are replaced by one class,
+# FerroloopEventLoopTests, subclassing the epoll one (ferroloop uses mio, i.e.
+# epoll, so the epoll-backed SelectorEventLoop is its stock counterpart;
+# run.py compares FerroloopEventLoopTests.X with EPollEventLoopTests.X).
+EVENTS_LOOP_CLASSES = ("KqueueEventLoopTests", "EPollEventLoopTests",
+                       "PollEventLoopTests", "SelectEventLoopTests")
+EVENTS_TEMPLATE_ORDER = ("EPollEventLoopTests", "PollEventLoopTests",
+                         "SelectEventLoopTests")
+FERRO_EVENTS_CLASS = "FerroloopEventLoopTests"
+
+# Longest traceback text kept per test (the tail, where the cause is).
+MAX_DETAIL = 4000
+
+
+# --------------------------------------------------------------------------
+# Recording
+
+class Recorder:
+    """Writes JSON lines and tracks which test is currently running."""
+
+    def __init__(self, path):
+        self._fh = open(path, "a", encoding="utf-8")
+        self.current = None          # per-test record dict, or None
+        self.ferro_loop_class = None  # set in ferroloop mode
+
+    def emit(self, **record):
+        self._fh.write(json.dumps(record) + "\n")
+        self._fh.flush()
+
+    # Loop bookkeeping, called from the instrumentation wrappers.
+    def loop_created(self, loop):
+        rec = self.current
+        if rec is not None and id(loop) not in rec["_seen_created"]:
+            rec["_seen_created"].add(id(loop))
+            rec["loops_created"].append(_qualname(type(loop)))
+            kind = _loop_kind(loop, self.ferro_loop_class)
+            if kind not in rec["kinds_created"]:
+                rec["kinds_created"].add(kind)
+                # Streamed too, so a test that then crashes is still known
+                # to have been on ferroloop.
+                self.emit(event="loop", id=rec["id"], kind=kind, how="created")
+
+    def loop_ran(self, loop):
+        rec = self.current
+        if rec is not None and id(loop) not in rec["_seen_ran"]:
+            rec["_seen_ran"].add(id(loop))
+            rec["loops_ran"].append(_qualname(type(loop)))
+            kind = _loop_kind(loop, self.ferro_loop_class)
+            if kind not in rec["kinds_ran"]:
+                rec["kinds_ran"].add(kind)
+                self.emit(event="loop", id=rec["id"], kind=kind, how="ran")
+
+
+RECORDER = None
+
+
+def _loop_kind(loop, ferro_loop_class):
+    """'ferroloop', 'testloop' (test_utils' fake-clock loop), 'stock' (a real
+    stock asyncio loop) or 'other' (e.g. a bare BaseEventLoop used as a
+    dummy, or a test's own subclass)."""
+    if ferro_loop_class is not None and isinstance(loop, ferro_loop_class):
+        return "ferroloop"
+    name = type(loop).__name__
+    if name == "TestLoop":
+        return "testloop"
+    if isinstance(loop, _STOCK_REAL_LOOPS):
+        return "stock"
+    return "other"
+
+
+def _stock_real_loops():
+    from asyncio import selector_events
+    classes = [selector_events.BaseSelectorEventLoop]
+    try:
+        from asyncio import proactor_events
+        classes.append(proactor_events.BaseProactorEventLoop)
+    except ImportError:
+        pass
+    return tuple(classes)
+
+
+_STOCK_REAL_LOOPS = _stock_real_loops()
+
+
+def _qualname(cls):
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _wrap_method(cls, name, hook):
+    """Replace cls.<name> by a wrapper calling hook(self) first.
+
+    Returns False if the class refuses attribute assignment (immutable
+    native type).
+    """
+    orig = getattr(cls, name)
+
+    @functools.wraps(orig)
+    def wrapper(self, *args, **kwargs):
+        hook(self)
+        return orig(self, *args, **kwargs)
+
+    try:
+        setattr(cls, name, wrapper)
+    except (TypeError, AttributeError):
+        return False
+    return True
+
+
+def install_instrumentation(extra_loop_classes=()):
+    rec = RECORDER
+    classes = [base_events.BaseEventLoop, *extra_loop_classes]
+    ok = True
+    for cls in classes:
+        ok &= _wrap_method(cls, "__init__", rec.loop_created)
+        ok &= _wrap_method(cls, "run_forever", rec.loop_ran)
+    return ok
+
+
+# --------------------------------------------------------------------------
+# ferroloop injection
+
+def inject_ferroloop():
+    """Make ferroloop the event loop everywhere a test makes a real loop.
+
+    See run.py's module docstring for the reasoning.  Returns the ferroloop
+    module.  Raises RuntimeError if the injection does not take effect.
+    """
+    import ferroloop
+
+    Loop = ferroloop.Loop
+    Policy = ferroloop.EventLoopPolicy
+    stock_policy = asyncio.DefaultEventLoopPolicy
+    stock_eventloop = getattr(asyncio, "EventLoop", None)   # 3.13+
+
+    # 1. The default policy *class*.  events._init_event_loop_policy() does
+    #    ``from . import DefaultEventLoopPolicy`` whenever the policy is None,
+    #    i.e. after every tearDownModule's set_event_loop_policy(None); tests
+    #    also instantiate asyncio.DefaultEventLoopPolicy() directly.
+    # 2. asyncio.EventLoop (3.13+), the "default loop class" that tests and
+    #    IsolatedAsyncioTestCase.loop_factory users pass as loop_factory.
+    #    SelectorEventLoop itself is NOT replaced: ferroloop.Loop derives
+    #    from it and tests construct it on purpose.
+    for modname, mod in list(sys.modules.items()):
+        if modname != "asyncio" and not modname.startswith("asyncio."):
+            continue
+        if getattr(mod, "DefaultEventLoopPolicy", None) is stock_policy:
+            mod.DefaultEventLoopPolicy = Policy
+        if (stock_eventloop is not None
+                and getattr(mod, "EventLoop", None) is stock_eventloop):
+            mod.EventLoop = Loop
+
+    # 3. The current policy.
+    asyncio.set_event_loop_policy(Policy())
+
+    # Self-check: every road to a real default loop leads to ferroloop.
+    problems = []
+    loop = asyncio.new_event_loop()
+    if not isinstance(loop, Loop):
+        problems.append(f"asyncio.new_event_loop() gave {type(loop)!r}")
+    loop.close()
+    asyncio.set_event_loop_policy(None)
+    if not isinstance(asyncio.get_event_loop_policy(), Policy):
+        problems.append("policy after set_event_loop_policy(None) is "
+                        f"{type(asyncio.get_event_loop_policy())!r}")
+    loop = asyncio.DefaultEventLoopPolicy().new_event_loop()
+    if not isinstance(loop, Loop):
+        problems.append(f"DefaultEventLoopPolicy() made {type(loop)!r}")
+    loop.close()
+    loop = ferroloop.new_event_loop()
+    if not isinstance(loop, Loop):
+        problems.append(f"ferroloop.new_event_loop() gave {type(loop)!r}")
+    loop.close()
+    if problems:
+        raise RuntimeError("ferroloop injection failed: " + "; ".join(problems))
+    asyncio.set_event_loop_policy(Policy())
+    return ferroloop
+
+
+def patch_test_events(mod, ferroloop):
+    """Swap test_events' per-selector loop classes for a ferroloop one."""
+    template = next((getattr(mod, n) for n in EVENTS_TEMPLATE_ORDER
+                     if hasattr(mod, n)), None)
+    if template is None:
+        raise RuntimeError("test_events: no selector loop test class found")
+
+    def create_event_loop(self):
+        return ferroloop.new_event_loop()
+
+    cls = type(FERRO_EVENTS_CLASS, (template,), {
+        "create_event_loop": create_event_loop,
+        "__module__": mod.__name__,
+        "__qualname__": FERRO_EVENTS_CLASS,
+        "__doc__": "EventLoopTestsMixin & co. on ferroloop.new_event_loop()"
+                   f" (inherits {template.__name__})",
+    })
+    for name in EVENTS_LOOP_CLASSES:
+        if hasattr(mod, name):
+            delattr(mod, name)
+    setattr(mod, FERRO_EVENTS_CLASS, cls)
+
+
+# Fixture adapters (both modes, so the comparison stays symmetric).
+#
+# test_runners and test_pep492 build their loops as a bare, abstract
+# ``asyncio.BaseEventLoop()`` whose selector is a Mock.  Run as is, not one
+# of their tests would touch ferroloop, although asyncio.run()/Runner and
+# async-with/await on a loop are exactly what a drop-in loop must get right.
+# The adapters give those fixtures a *real* loop instead -- a stock
+# SelectorEventLoop in asyncio mode, ferroloop.new_event_loop() in ferroloop
+# mode -- keeping what the tests inspect (test_runners' shutdown_ag_run
+# flag).  --no-adapters runs the fixtures as upstream wrote them.
+
+def adapt_test_runners(mod, make_loop):
+    def new_loop(self):
+        loop = make_loop()
+        loop.shutdown_ag_run = False
+        real_shutdown_asyncgens = loop.shutdown_asyncgens
+
+        async def shutdown_asyncgens():
+            loop.shutdown_ag_run = True
+            await real_shutdown_asyncgens()
+        loop.shutdown_asyncgens = shutdown_asyncgens
+        return loop
+
+    mod.BaseTest.new_loop = new_loop
+
+
+def adapt_test_pep492(mod, make_loop):
+    base = mod.BaseTest
+
+    def setUp(self):
+        super(base, self).setUp()
+        self.loop = make_loop()
+        self.set_event_loop(self.loop)
+
+    base.setUp = setUp
+
+
+ADAPTERS = {"test_runners": adapt_test_runners,
+            "test_pep492": adapt_test_pep492}
+
+# The stock default loop class, captured before any injection.
+STOCK_LOOP_FACTORY = asyncio.DefaultEventLoopPolicy._loop_factory
+
+
+# --------------------------------------------------------------------------
+# unittest glue
+
+_SEVERITY = ("error", "failure", "unexpected_success", "skip",
+             "expected_failure", "success")
+
+
+def _test_id(test):
+    # A _SubTest reports for its parent test.
+    parent = getattr(test, "test_case", None)
+    return (parent or test).id()
+
+
+def _exc_summary(text):
+    """The 'ExcType: message' line of the last traceback in text."""
+    lines = text.rstrip().splitlines()
+    last_frame = max((i for i, ln in enumerate(lines)
+                      if ln.startswith("  File ")), default=-1)
+    for ln in lines[last_frame + 1:]:
+        if ln.strip() and not ln[0].isspace():
+            return ln.strip()
+    return next((ln.strip() for ln in reversed(lines) if ln.strip()), "")
+
+
+class JsonResult(unittest.TestResult):
+    """Folds every unittest event of a test into one 'result' record."""
+
+    def __init__(self, recorder, test_timeout):
+        super().__init__()
+        self.rec = recorder
+        self.test_timeout = test_timeout
+        self._support = sys.modules.get("test.support")
+
+    # -- lifecycle
+    def startTest(self, test):
+        super().startTest(test)
+        tid = test.id()
+        self.rec.current = {
+            "id": tid, "outcomes": [], "details": [], "skip_reason": None,
+            "loops_created": [], "loops_ran": [],
+            "kinds_created": set(), "kinds_ran": set(),
+            "_seen_created": set(), "_seen_ran": set(),
+            "_t0": time.perf_counter(),
+        }
+        self.rec.emit(event="start", id=tid)
+        if self.test_timeout:
+            # Hang protection for one test: dump all stacks and _exit(1).
+            # run.py sees the "Timeout (" banner in the log, marks the test
+            # 'timeout' and restarts the module after it.
+            faulthandler.dump_traceback_later(self.test_timeout, exit=True)
+        if self._support is not None:
+            self._support.environment_altered = False
+
+    def stopTest(self, test):
+        # The per-test timer is NOT cancelled here: IsolatedAsyncioTestCase
+        # closes its Runner (cancel tasks, shutdown_asyncgens, executor...)
+        # only after stopTest, and a hang there must be caught too.  The
+        # next startTest re-arms it; stopTestRun cancels it.
+        rec, self.rec.current = self.rec.current, None
+        super().stopTest(test)
+        if rec is None:
+            return
+        outcome = next((o for o in _SEVERITY if o in rec["outcomes"]),
+                       "success")
+        altered = bool(self._support is not None
+                       and self._support.environment_altered)
+        detail = "\n".join(rec["details"])
+        self.rec.emit(
+            event="result", id=rec["id"], outcome=outcome,
+            duration=round(time.perf_counter() - rec["_t0"], 4),
+            summary=_exc_summary(detail) if detail else None,
+            detail=detail[-MAX_DETAIL:] if detail else None,
+            skip_reason=rec["skip_reason"],
+            loops_created=rec["loops_created"], loops_ran=rec["loops_ran"],
+            kinds_created=sorted(rec["kinds_created"]),
+            kinds_ran=sorted(rec["kinds_ran"]),
+            env_altered=altered,
+        )
+
+    def stopTestRun(self):
+        if self.test_timeout:
+            faulthandler.cancel_dump_traceback_later()
+        super().stopTestRun()
+
+    def _add(self, test, outcome, err=None, reason=None):
+        rec = self.rec.current
+        tid = _test_id(test)
+        text = self._exc_info_to_string(err, test) if err else None
+        if rec is None or rec["id"] != tid:
+            # Class/module fixture errors (setUpClass, tearDownModule...)
+            # arrive outside startTest/stopTest as an _ErrorHolder.
+            self.rec.emit(event="result", id=tid, outcome=outcome,
+                          duration=0.0,
+                          summary=_exc_summary(text) if text else None,
+                          detail=text[-MAX_DETAIL:] if text else None,
+                          skip_reason=reason, loops_created=[], loops_ran=[],
+                          kinds_created=[], kinds_ran=[], env_altered=False)
+            return
+        rec["outcomes"].append(outcome)
+        if text:
+            rec["details"].append(text)
+        if reason is not None:
+            rec["skip_reason"] = reason
+
+    # -- outcomes
+    def addSuccess(self, test):
+        super().addSuccess(test)
+        self._add(test, "success")
+
+    def addError(self, test, err):
+        super().addError(test, err)
+        self._add(test, "error", err)
+
+    def addFailure(self, test, err):
+        super().addFailure(test, err)
+        self._add(test, "failure", err)
+
+    def addSubTest(self, test, subtest, err):
+        super().addSubTest(test, subtest, err)
+        if err is not None:
+            kind = ("failure" if issubclass(err[0], test.failureException)
+                    else "error")
+            self._add(subtest, kind, err)
+
+    def addSkip(self, test, reason):
+        super().addSkip(test, reason)
+        if getattr(test, "test_case", None) is not None:
+            return      # a skipped subtest does not make the test "skipped"
+        self._add(test, "skip", reason=reason)
+
+    def addExpectedFailure(self, test, err):
+        super().addExpectedFailure(test, err)
+        self._add(test, "expected_failure")
+
+    def addUnexpectedSuccess(self, test):
+        super().addUnexpectedSuccess(test)
+        self._add(test, "unexpected_success")
+
+
+def _flatten(suite):
+    for item in suite:
+        if isinstance(item, unittest.TestSuite):
+            yield from _flatten(item)
+        else:
+            yield item
+
+
+def _read_ids(path):
+    if not path:
+        return None
+    with open(path, encoding="utf-8") as fh:
+        return {line.strip() for line in fh if line.strip()}
+
+
+# --------------------------------------------------------------------------
+
+def main(argv=None):
+    global RECORDER
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--module", required=True,
+                    help="e.g. test_tasks (in test.test_asyncio)")
+    ap.add_argument("--mode", choices=("asyncio", "ferroloop"),
+                    required=True)
+    ap.add_argument("--out", required=True, help="JSON-lines output file")
+    ap.add_argument("--skip-file", help="file of test ids not to run")
+    ap.add_argument("--only-file", help="file of test ids to run (only)")
+    ap.add_argument("--test-timeout", type=float, default=0,
+                    help="per-test limit in seconds (0: none)")
+    ap.add_argument("--no-adapters", dest="adapters", action="store_false",
+                    help="keep test_runners/test_pep492 on their mock loops")
+    args = ap.parse_args(argv)
+
+    faulthandler.enable()
+    RECORDER = rec = Recorder(args.out)
+    modname = args.module
+    if "." not in modname:
+        modname = f"{PACKAGE}.{modname}"
+
+    ferro = None
+    extra = ()
+    if args.mode == "ferroloop":
+        ferro = inject_ferroloop()
+        extra = (ferro.Loop,)
+        rec.ferro_loop_class = ferro.Loop
+    instrumented = install_instrumentation(extra)
+
+    rec.emit(event="start_run", module=modname, mode=args.mode,
+             python=sys.version.split()[0], executable=sys.executable,
+             pid=os.getpid(),
+             ferroloop_file=getattr(ferro, "__file__", None),
+             ferroloop_version=getattr(ferro, "__version__", None),
+             loop_class=_qualname(ferro.Loop) if ferro else None,
+             instrumented=bool(instrumented))
+
+    mod = importlib.import_module(modname)
+    short = modname.rpartition(".")[2]
+    if ferro is not None and short == "test_events":
+        patch_test_events(mod, ferro)
+    adapted = None
+    if args.adapters and short in ADAPTERS:
+        ADAPTERS[short](mod, ferro.new_event_loop if ferro is not None
+                        else STOCK_LOOP_FACTORY)
+        adapted = short
+
+    suite = unittest.defaultTestLoader.loadTestsFromModule(mod)
+    tests = list(_flatten(suite))
+    rec.emit(event="collected", ids=[t.id() for t in tests],
+             adapted=adapted)
+
+    skip = _read_ids(args.skip_file) or set()
+    only = _read_ids(args.only_file)
+    tests = [t for t in tests
+             if t.id() not in skip and (only is None or t.id() in only)]
+
+    result = JsonResult(rec, args.test_timeout)
+    t0 = time.perf_counter()
+    result.startTestRun()
+    try:
+        unittest.TestSuite(tests)(result)
+    finally:
+        result.stopTestRun()
+    rec.emit(event="done", ran=result.testsRun,
+             seconds=round(time.perf_counter() - t0, 3))
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except SystemExit:
+        raise
+    except BaseException:
+        traceback.print_exc()
+        sys.exit(3)
