@@ -38,6 +38,9 @@ use crate::scheduler::TimerHeap;
 
 /// asyncio's cap on one wait for a timer (`MAXIMUM_SELECT_TIMEOUT`).
 const MAXIMUM_SELECT_TIMEOUT: f64 = 24.0 * 3600.0;
+/// How many finished one-shot handles a loop keeps for reuse.  Reusing one
+/// saves an allocation and a deallocation per call_soon.
+const HANDLE_POOL_MAX: usize = 4096;
 /// `time.get_clock_info('monotonic').resolution` on Linux.
 const CLOCK_RESOLUTION: f64 = 1e-9;
 
@@ -74,6 +77,8 @@ struct State {
     readers: HashMap<RawFd, Py<Handle>>,
     writers: HashMap<RawFd, Py<Handle>>,
     io_events: Vec<Ready>,
+    /// Emptied one-shot handles, ready for reuse (see Handle::can_recycle).
+    pool: Vec<Py<Handle>>,
 }
 
 impl State {
@@ -200,6 +205,49 @@ impl LoopCore {
             this.debug.load(Ordering::Relaxed),
             oneshot,
         )
+    }
+
+    /// A handle for call_soon: a pooled one refilled, or a new one.
+    #[inline]
+    fn oneshot_handle(
+        slf: &Bound<'_, Self>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let this = slf.get();
+        if !this.debug.load(Ordering::Relaxed) {
+            let pooled = this.state.borrow_mut(py)?.pool.pop();
+            if let Some(handle) = pooled {
+                handle.get().reuse(py, callback.unbind(), args.unbind(), context)?;
+                return Ok(handle);
+            }
+        }
+        new_untracked(py, Self::new_handle(slf, callback, args, context, true)?)
+    }
+
+    /// After a callback ran: keep its handle for reuse when nobody else can
+    /// see it, else let it go.
+    #[inline]
+    fn retire(&self, py: Python<'_>, cb: Callback) -> PyResult<()> {
+        if let Callback::Handle(handle) = cb {
+            if Handle::can_recycle(&handle, py) {
+                let emptied = handle.get().recycle(py)?;
+                let unkept = {
+                    let mut st = self.state.borrow_mut(py)?;
+                    if st.pool.len() < HANDLE_POOL_MAX {
+                        st.pool.push(handle);
+                        None
+                    } else {
+                        Some(handle)
+                    }
+                };
+                drop(emptied);
+                drop(unkept);
+            }
+        }
+        Ok(())
     }
 
     fn schedule_timer(
@@ -348,8 +396,8 @@ impl LoopCore {
                 Self::run_callback(py, &cb)
             };
             let released = cb.handle_ref(py).release_after_run(py);
-            drop(cb);
-            let outcome = outcome.and(released);
+            let retired = this.retire(py, cb);
+            let outcome = outcome.and(released).and(retired);
             if let Err(err) = outcome {
                 // Leave the rest of the batch to run next time, as asyncio does.
                 let mut st = this.state.borrow_mut(py)?;
@@ -508,7 +556,7 @@ impl LoopCore {
             this.check_thread()?;
         }
         this.check_callback(py, &callback, "call_soon")?;
-        let handle = new_untracked(py, Self::new_handle(slf, callback, args, context, true)?)?;
+        let handle = Self::oneshot_handle(slf, callback, args, context)?;
         this.state.borrow_mut(py)?.ready.push_back(Callback::Handle(handle.clone_ref(py)));
         Ok(handle)
     }
@@ -525,7 +573,7 @@ impl LoopCore {
         let this = slf.get();
         this.check_closed()?;
         this.check_callback(py, &callback, "call_soon_threadsafe")?;
-        let handle = new_untracked(py, Self::new_handle(slf, callback, args, context, true)?)?;
+        let handle = Self::oneshot_handle(slf, callback, args, context)?;
         // Every thread holds the GIL here, so the push cannot race with the
         // loop thread deciding to sleep: it either sees this callback when it
         // computes its timeout, or it is already asleep and we wake it.

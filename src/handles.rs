@@ -24,6 +24,14 @@ pub struct Callable {
     pub args: Py<PyTuple>,
 }
 
+/// What a handle runs, and in which context.  `context` is None only while
+/// the handle sits unused in its loop's pool (see `LoopCore`).
+#[derive(Default)]
+pub struct Slot {
+    callable: Option<Callable>,
+    context: Option<Py<PyAny>>,
+}
+
 /// The current `contextvars.Context`, copied (what asyncio does for `context=None`).
 pub fn copy_current_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
     // SAFETY: PyContext_CopyCurrent returns a new reference or NULL with an
@@ -93,8 +101,7 @@ impl LoopRef {
 /// arguments once it has run, as every handle does when cancelled.
 #[pyclass(module = "ferroloop", subclass, frozen, weakref)]
 pub struct Handle {
-    callable: GilCell<Option<Callable>>,
-    context: Py<PyAny>,
+    slot: GilCell<Slot>,
     loop_: LoopRef,
     /// call_soon/call_later handles run once; reader, writer and signal
     /// handles run every time their event fires.
@@ -126,8 +133,7 @@ impl Handle {
             None
         };
         Ok(Handle {
-            callable: GilCell::new(Some(Callable { callback, args })),
-            context,
+            slot: GilCell::new(Slot { callable: Some(Callable { callback, args }), context: Some(context) }),
             loop_,
             oneshot,
             cancelled: AtomicBool::new(false),
@@ -146,11 +152,13 @@ impl Handle {
     /// which decides between the exception handler and propagation.
     #[inline]
     pub fn invoke(&self, py: Python<'_>) -> PyResult<()> {
-        let (callback, args) = match &*self.callable.borrow_mut(py)? {
-            Some(c) => (c.callback.clone_ref(py), c.args.clone_ref(py)),
-            None => return Ok(()),
+        let (callback, args, context) = match &*self.slot.borrow_mut(py)? {
+            Slot { callable: Some(c), context: Some(ctx) } => {
+                (c.callback.clone_ref(py), c.args.clone_ref(py), ctx.clone_ref(py))
+            }
+            _ => return Ok(()),
         };
-        let ctx = self.context.as_ptr();
+        let ctx = context.as_ptr();
         // SAFETY: `ctx` is a live object owned by `self`; PyContext_Enter checks
         // its type and fails with TypeError/RuntimeError (already entered)
         // without side effects.
@@ -177,9 +185,63 @@ impl Handle {
     #[inline]
     pub fn release_after_run(&self, py: Python<'_>) -> PyResult<()> {
         if self.oneshot {
-            let dropped = self.callable.borrow_mut(py)?.take();
+            let dropped = self.slot.borrow_mut(py)?.callable.take();
             drop(dropped);
         }
+        Ok(())
+    }
+
+    /// Whether the loop may keep this handle for reuse once it has run: a
+    /// one-shot, non-debug, exact `Handle` that nobody else references,
+    /// strongly or weakly, so the reuse cannot be observed.
+    pub fn can_recycle(handle: &Py<Handle>, py: Python<'_>) -> bool {
+        let this = handle.get();
+        if !this.oneshot || this.debug {
+            return false;
+        }
+        let obj = handle.as_ptr();
+        // SAFETY: `obj` is a live object (we hold a reference); reading its
+        // refcount and type, and the weak-reference list pointer at the
+        // offset its type declares, does not modify anything.
+        unsafe {
+            if ffi::Py_REFCNT(obj) != 1 {
+                return false;
+            }
+            let tp = ffi::Py_TYPE(obj);
+            if tp != py.get_type::<Handle>().as_type_ptr() {
+                return false;
+            }
+            let offset = (*tp).tp_weaklistoffset;
+            if offset <= 0 {
+                return false;
+            }
+            let weaklist = obj.cast::<u8>().offset(offset).cast::<*mut ffi::PyObject>();
+            (*weaklist).is_null()
+        }
+    }
+
+    /// Empty a handle that `can_recycle` accepted, for the pool.  The
+    /// returned slot is dropped by the caller outside any borrow.
+    pub fn recycle(&self, py: Python<'_>) -> PyResult<Slot> {
+        self.cancelled.store(false, Ordering::Relaxed);
+        Ok(std::mem::take(&mut *self.slot.borrow_mut(py)?))
+    }
+
+    /// Refill a pooled handle, as `create` fills a new one (non-debug).
+    pub fn reuse(
+        &self,
+        py: Python<'_>,
+        callback: Py<PyAny>,
+        args: Py<PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<()> {
+        let context = match context {
+            Some(c) if !c.is_none(py) => c,
+            _ => copy_current_context(py)?,
+        };
+        let fresh = Slot { callable: Some(Callable { callback, args }), context: Some(context) };
+        let old = std::mem::replace(&mut *self.slot.borrow_mut(py)?, fresh);
+        drop(old);
         Ok(())
     }
 
@@ -195,7 +257,7 @@ impl Handle {
             drop(old);
         }
         this.cancelled.store(true, Ordering::Relaxed);
-        let dropped = this.callable.borrow_mut(slf.py())?.take();
+        let dropped = this.slot.borrow_mut(slf.py())?.callable.take();
         drop(dropped);
         Ok(())
     }
@@ -242,8 +304,8 @@ impl Handle {
         self.is_cancelled()
     }
 
-    fn get_context(&self, py: Python<'_>) -> Py<PyAny> {
-        self.context.clone_ref(py)
+    fn get_context(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self._context(py)
     }
 
     fn _run(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -252,7 +314,7 @@ impl Handle {
 
     #[getter]
     fn _callback(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        Ok(match &*self.callable.borrow_mut(py)? {
+        Ok(match &self.slot.borrow_mut(py)?.callable {
             Some(c) => c.callback.clone_ref(py),
             None => py.None(),
         })
@@ -260,7 +322,7 @@ impl Handle {
 
     #[getter]
     fn _args(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        Ok(match &*self.callable.borrow_mut(py)? {
+        Ok(match &self.slot.borrow_mut(py)?.callable {
             Some(c) => c.args.clone_ref(py).into_any(),
             None => py.None(),
         })
@@ -272,8 +334,11 @@ impl Handle {
     }
 
     #[getter]
-    fn _context(&self, py: Python<'_>) -> Py<PyAny> {
-        self.context.clone_ref(py)
+    fn _context(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Ok(match &self.slot.borrow_mut(py)?.context {
+            Some(c) => c.clone_ref(py),
+            None => py.None(),
+        })
     }
 
     #[getter]

@@ -481,3 +481,39 @@ def test_call_soon_threadsafe_from_a_thread_while_loop_not_running(loop):
     loop.call_soon(loop.stop)
     run_until_stopped(loop)
     assert seen == ["x"]
+
+
+def test_handles_user_code_can_see_are_never_reused(loop):
+    """ferroloop reuses finished call_soon handles that nothing references;
+    a handle kept by user code, strongly or weakly, must stay itself."""
+    import weakref
+
+    kept = loop.call_soon(lambda: None)
+    weak = weakref.ref(loop.call_soon(lambda: None))
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert weak() is None
+    later = [loop.call_soon(lambda: None) for _ in range(10)]
+    assert all(h is not kept for h in later)
+    assert not kept.cancelled()
+    for h in later:
+        h.cancel()
+
+
+def test_each_callback_gets_a_fresh_context_copy_batch_after_batch(loop):
+    """Handles may be recycled between batches; every callback must still
+    start from a copy of the context current at call_soon time."""
+    var = contextvars.ContextVar("var", default="unset")
+    seen = []
+
+    def callback(i):
+        seen.append(var.get())
+        var.set(f"set by {i}")
+
+    for batch in range(3):
+        for i in range(50):
+            loop.call_soon(callback, i)
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+    assert seen == ["unset"] * 150
+    assert var.get() == "unset"
