@@ -736,13 +736,6 @@ impl LoopCore {
         Ok(())
     }
 
-    /// Number of callbacks ready to run and of timers scheduled (for tests
-    /// and introspection).
-    fn _queue_sizes(&self, py: Python<'_>) -> PyResult<(usize, usize)> {
-        let st = self.state.borrow_mut(py)?;
-        Ok((st.ready.len(), st.timers.len()))
-    }
-
     #[getter(_closed)]
     fn closed_attr(&self) -> bool {
         self.closed.load(Ordering::Relaxed)

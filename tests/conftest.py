@@ -25,6 +25,27 @@ def on_ferroloop():
     return TARGET != "asyncio"
 
 
+# Seconds after which a loop that should have stopped is stopped by force.
+WATCHDOG = 10.0
+
+
+def run_until_stopped(loop, seconds=WATCHDOG):
+    """run_forever() guarded by a timer that stops the loop if nothing else
+    does, so a broken loop fails the test instead of hanging it."""
+    fired = []
+
+    def watchdog():
+        fired.append(True)
+        loop.stop()
+
+    guard = loop.call_later(seconds, watchdog)
+    try:
+        loop.run_forever()
+    finally:
+        guard.cancel()
+    assert not fired, f"watchdog fired after {seconds}s: the loop never stopped"
+
+
 @pytest.fixture
 def loop():
     lp = new_loop()

@@ -4,7 +4,6 @@ Every test here must pass on stock asyncio (FERROLOOP_TEST_TARGET=asyncio):
 the expected behaviour is asyncio's, read from Lib/asyncio/base_events.py
 and events.py of CPython 3.11 to 3.13.
 """
-import asyncio
 import contextvars
 import sys
 import threading
@@ -12,27 +11,12 @@ import time
 
 import pytest
 
-from conftest import new_loop
+from conftest import new_loop, run_until_stopped
 
-WATCHDOG = 10.0
 
 request_id = contextvars.ContextVar("request_id", default="unset")
 
 
-def run_until_stopped(loop, seconds=WATCHDOG):
-    """run_forever() guarded by a timer that stops the loop if nothing else does."""
-    fired = []
-
-    def watchdog():
-        fired.append(True)
-        loop.stop()
-
-    guard = loop.call_later(seconds, watchdog)
-    try:
-        loop.run_forever()
-    finally:
-        guard.cancel()
-    assert not fired, f"watchdog fired after {seconds}s: the loop never stopped"
 
 
 # ---------------------------------------------------------------- ordering

@@ -14,25 +14,11 @@ import time
 
 import pytest
 
-from conftest import TARGET, new_loop
+from conftest import TARGET, new_loop, run_until_stopped
 
-WATCHDOG = 10.0
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
-def run_until_stopped(loop, seconds=WATCHDOG):
-    fired = []
-
-    def watchdog():
-        fired.append(True)
-        loop.stop()
-
-    guard = loop.call_later(seconds, watchdog)
-    try:
-        loop.run_forever()
-    finally:
-        guard.cancel()
-    assert not fired, f"watchdog fired after {seconds}s: the loop never stopped"
 
 
 class Boom(Exception):

@@ -7,9 +7,9 @@ import threading
 
 import pytest
 
-from conftest import new_loop
+from conftest import WATCHDOG, new_loop
 
-WATCHDOG = 10.0
+
 
 PY312 = sys.version_info >= (3, 12)
 

@@ -9,24 +9,10 @@ import socket
 
 import pytest
 
-from conftest import new_loop
-
-WATCHDOG = 10.0
+from conftest import new_loop, run_until_stopped
 
 
-def run_until_stopped(loop, seconds=WATCHDOG):
-    fired = []
 
-    def watchdog():
-        fired.append(True)
-        loop.stop()
-
-    guard = loop.call_later(seconds, watchdog)
-    try:
-        loop.run_forever()
-    finally:
-        guard.cancel()
-    assert not fired, f"watchdog fired after {seconds}s: the loop never stopped"
 
 
 @pytest.fixture

@@ -13,9 +13,8 @@ import time
 
 import pytest
 
-from conftest import new_loop
+from conftest import WATCHDOG, new_loop, run_until_stopped
 
-WATCHDOG = 10.0
 
 pytestmark = pytest.mark.skipif(
     threading.current_thread() is not threading.main_thread(),
@@ -23,19 +22,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def run_until_stopped(loop, seconds=WATCHDOG):
-    fired = []
-
-    def watchdog():
-        fired.append(True)
-        loop.stop()
-
-    guard = loop.call_later(seconds, watchdog)
-    try:
-        loop.run_forever()
-    finally:
-        guard.cancel()
-    assert not fired, f"watchdog fired after {seconds}s: the loop never stopped"
 
 
 @pytest.fixture

@@ -11,25 +11,11 @@ import time
 
 import pytest
 
-from conftest import new_loop, on_ferroloop
+from conftest import new_loop, on_ferroloop, run_until_stopped
 
-WATCHDOG = 10.0
 RESOLUTION = time.get_clock_info("monotonic").resolution
 
 
-def run_until_stopped(loop, seconds=WATCHDOG):
-    fired = []
-
-    def watchdog():
-        fired.append(True)
-        loop.stop()
-
-    guard = loop.call_later(seconds, watchdog)
-    try:
-        loop.run_forever()
-    finally:
-        guard.cancel()
-    assert not fired, f"watchdog fired after {seconds}s: the loop never stopped"
 
 
 def run_one_iteration(loop):

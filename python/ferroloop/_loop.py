@@ -12,7 +12,6 @@ wake-up) are native, in `LoopCore`.  This class adds the cold paths:
   `SelectorEventLoop`, whose methods run unchanged on top of the native
   `_add_reader`/`_add_writer`/`call_soon` primitives.
 """
-import asyncio
 import collections.abc
 import errno
 import selectors
