@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Scheduling micro-benchmarks: ferroloop against asyncio, uvloop and rloop.
 
-Runs the same workloads on every importable event loop in one process and
-prints a markdown table: the time per operation and the speed-up against
-stock asyncio (asyncio_time / loop_time, so > 1 means faster than asyncio).
+Runs the same workloads on every importable event loop and prints a
+markdown table: the time per operation and the speed-up against stock asyncio
+(asyncio_time / loop_time, so > 1 means faster than asyncio).
 
     python benches/bench_scheduling.py                 # full run, ~1-2 min
     python benches/bench_scheduling.py --quick         # smoke test, seconds
@@ -11,6 +11,13 @@ stock asyncio (asyncio_time / loop_time, so > 1 means faster than asyncio).
 
 How the numbers are taken (see benches/README.md for more):
 
+* Each workload runs in a fresh subprocess (this script again, with
+  --workloads <one> and --json <temporary file>); the parent only merges the
+  rows.  In one process, what an earlier workload leaves behind slows down
+  the later ones: rloop 0.5 leaks the Context of every cancelled timer that
+  never came due (15,000 per timers_cancel run), and with those ~240k objects
+  in the heap gather's GC passes took ~2x as long on asyncio and ferroloop.
+  --in-process runs everything in one process, as before.
 * Every measurement gets a fresh loop, made and closed outside the timed
   region, with gc.collect() before it.  The clock runs from the first
   scheduling call until run_forever()/run_until_complete() returns.
@@ -33,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import faulthandler
 import gc
 import importlib
@@ -42,7 +50,9 @@ import os
 import platform
 import signal
 import statistics
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -509,6 +519,198 @@ def fmt_time(ns_per_op: float) -> str:
     return f"{us:.2f} µs" if us < 100 else f"{us:.0f} µs"
 
 
+def _log(args):
+    def log(msg):
+        if not args.silent:
+            print(msg, file=sys.stderr, flush=True)
+    return log
+
+
+def run_workload(w: Workload, loops, factories, args, log) -> dict:
+    """Measure one workload on every loop, interleaved, in this process."""
+    n = max(10, int(w.n * args.scale))
+    n_warm = max(10, n // 10)
+    samples: dict[str, list[int]] = {l: [] for l in loops}
+    failed: dict[str, str] = {}
+    wstart = time.monotonic()
+    for l in loops:  # warm-up, untimed but checked
+        try:
+            measure(factories[l], w, n_warm, args.timeout, args.no_gc)
+        except BenchFailure as exc:
+            failed[l] = f"warm-up: {exc}"
+    for rep in range(args.reps):
+        k = rep % len(loops)
+        for l in loops[k:] + loops[:k]:
+            if l in failed:
+                continue
+            try:
+                samples[l].append(measure(factories[l], w, n, args.timeout, args.no_gc))
+            except BenchFailure as exc:
+                failed[l] = f"rep {rep + 1}: {exc}"
+    row = {"title": w.title, "n": n, "op": w.op, "loops": {}}
+    for l in loops:
+        if l in failed:
+            row["loops"][l] = {"error": failed[l]}
+            continue
+        s = samples[l]
+        row["loops"][l] = {
+            "samples_ns": s,
+            "min_ns_per_op": min(s) / n,
+            "median_ns_per_op": statistics.median(s) / n,
+        }
+    base = row["loops"].get(BASELINE, {})
+    for l, r in row["loops"].items():
+        if "error" in r or "error" in base or not base:
+            continue
+        paired = [b / x for b, x in zip(base["samples_ns"], r["samples_ns"])]
+        r["ratio"] = statistics.median(paired)  # what the table shows
+        r["ratio_paired_range"] = [min(paired), max(paired)]
+        r["ratio_of_mins"] = base["min_ns_per_op"] / r["min_ns_per_op"]
+    cells = ", ".join(
+        f"{l} " + ("FAILED" if "error" in r else fmt_time(r["min_ns_per_op"]))
+        for l, r in row["loops"].items())
+    log(f"  {w.title:<32} n={n:<7} {cells}  [{time.monotonic() - wstart:.1f}s]")
+    return row
+
+
+# --------------------------------------------------------------------------
+# Isolation: one fresh interpreter per workload
+# --------------------------------------------------------------------------
+# Workloads contaminate each other inside one process: after timers_cancel
+# (where rloop 0.5 leaks the Context of each cancelled 60 s timer, ~240k in
+# all), gather ran ~2x slower on asyncio and ferroloop than in a fresh process
+# (longer GC passes over a fragmented heap).  So by default the parent
+# re-runs this script once per workload (CHILD_FLAG, --workloads <one>,
+# --json <tmp file>); the child measures that workload on all loops,
+# interleaved as in --in-process, and the parent merges the rows.
+
+CHILD_FLAG = "--isolated-child"
+
+
+def _describe_exit(rc: int) -> str:
+    if rc < 0:
+        try:
+            return f"killed by {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"killed by signal {-rc}"
+    return f"exit status {rc}"
+
+
+def _crash_line(tail) -> str:
+    """The most telling line of a dead child's output."""
+    lines = [s.strip() for s in tail if s.strip()]
+    for s in lines:
+        if s.startswith(("Fatal Python error", "Timeout (")):
+            return s[:200]
+    return lines[-1][:200] if lines else ""
+
+
+def _child_time_limit(args, n_loops: int) -> float:
+    """The child's own watchdogs (SIGALRM, then faulthandler) end a stuck
+    measurement; this is only the last resort if both fail."""
+    return 60 + (args.reps + 1) * n_loops * (args.timeout + 30)
+
+
+def _run_child(w: Workload, loops, args, tmpdir):
+    """Run one workload in a fresh interpreter.  Returns (exit status, the
+    child's report or None, last lines of its output, True if it was killed
+    for taking too long).  The child's stdout and stderr are relayed to our
+    stderr as they come (progress lines, tracebacks, faulthandler dumps), so
+    our stdout still carries only the table."""
+    path = os.path.join(tmpdir, f"{w.key}.json")
+    argv = [sys.executable]
+    try:  # -X, -W, -O ... the parent was started with
+        argv += subprocess._args_from_interpreter_flags()
+    except Exception:
+        pass
+    argv += [os.path.abspath(__file__), CHILD_FLAG, "--json", path,
+             "--loops", ",".join(loops), "--workloads", w.key,
+             "--reps", str(args.reps), "--scale", repr(args.scale),
+             "--timeout", repr(args.timeout)]
+    if args.no_gc:
+        argv.append("--no-gc")
+    if args.silent:
+        argv.append("--silent")
+    tail: collections.deque[str] = collections.deque(maxlen=50)
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+
+    def relay():
+        for raw in proc.stdout:
+            line = raw.decode("utf-8", "replace")
+            tail.append(line)
+            try:
+                sys.stderr.write(line)
+                sys.stderr.flush()
+            except Exception:
+                pass
+
+    relay_thread = threading.Thread(target=relay, daemon=True)
+    relay_thread.start()
+    hung = False
+    try:
+        rc = proc.wait(timeout=_child_time_limit(args, len(loops)))
+    except subprocess.TimeoutExpired:
+        hung = True
+        proc.kill()
+        rc = proc.wait()
+    finally:
+        if proc.poll() is None:  # e.g. KeyboardInterrupt in the parent
+            proc.kill()
+            proc.wait()
+        relay_thread.join(5)
+    report = None
+    try:
+        with open(path) as f:
+            report = json.load(f)
+    except (OSError, ValueError):
+        pass
+    return rc, report, list(tail), hung
+
+
+def run_isolated(workloads, loops, versions, args, log):
+    """Each workload in its own subprocess; returns (rows, problems, notes).
+    problems make the exit status 1 like a FAILED cell; notes do not."""
+    results: dict[str, dict] = {}
+    problems: list[str] = []
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="bench_scheduling-") as tmpdir:
+        for w in workloads:
+            rc, child, tail, hung = _run_child(w, loops, args, tmpdir)
+            exit_desc = _describe_exit(rc)
+            row = child["workloads"].get(w.key) if child else None
+            if row is None:
+                why = ("subprocess killed after taking too long" if hung
+                       else f"subprocess died ({exit_desc}) without results")
+                last = _crash_line(tail)
+                if last:
+                    why += f": {last}"
+                n = max(10, int(w.n * args.scale))
+                log(f"  {w.title:<32} n={n:<7} FAILED: {why}")
+                row = {"title": w.title, "n": n, "op": w.op,
+                       "loops": {l: {"error": why} for l in loops}}
+            else:
+                got = row["loops"]
+                row["loops"] = {
+                    l: got.get(l) or {"error": "did not load in the subprocess: "
+                                      + child["skipped"].get(l, "?")}
+                    for l in loops}
+                if rc not in (0, 1):
+                    problems.append(f"{w.key}: the subprocess wrote its results, "
+                                    f"then died ({exit_desc}): {_crash_line(tail)}")
+                for l in loops:
+                    v = child["versions"].get(l)
+                    if v is not None and v != versions[l]:
+                        notes.append(f"{w.key} was measured with {l} {v}")
+            row["subprocess"] = {
+                "exit_status": rc,
+                "seconds": child["seconds"] if child else None,
+                "loadavg_after": child["loadavg_after"] if child else None,
+            }
+            results[w.key] = row
+    return results, problems, notes
+
+
 def run(args) -> dict:
     names = [s.strip() for s in args.loops.split(",") if s.strip()]
     unknown = [n for n in names if n not in ALL_LOOPS]
@@ -521,72 +723,37 @@ def run(args) -> dict:
         sys.exit(f"unknown workload in {keys}; choose from "
                  + ", ".join(w.key for w in WORKLOADS))
 
+    # The parent also loads every loop (and smoke-tests it), to know early
+    # which ones work and what versions the header should show.
     signal.signal(signal.SIGALRM, _on_alarm)
     factories, versions, skipped = load_loops(names)
     loops = list(factories)
     if not loops:
         sys.exit("no event loop could be loaded: " + json.dumps(skipped))
-
-    # Everything imported so far goes to the permanent generation, so the
-    # collector's cost during a run depends on what the workload allocates,
-    # not on how big the harness is.
-    gc.collect()
-    gc.freeze()
-
-    def log(msg):
-        if not args.silent:
-            print(msg, file=sys.stderr, flush=True)
-
-    log(f"loops: {', '.join(f'{l} {versions[l]}' for l in loops)}"
-        + (f"; skipped: {', '.join(skipped)}" if skipped else ""))
+    log = _log(args)
+    isolated = not (args.in_process or args.child)
+    if not args.child:
+        log(f"loops: {', '.join(f'{l} {versions[l]}' for l in loops)}"
+            + (f"; skipped: {', '.join(skipped)}" if skipped else "")
+            + ("; one subprocess per workload" if isolated else "; all in this process"))
     started = time.monotonic()
     load_before = os.getloadavg()
     cpu_before = _cpu_times()
-    results: dict[str, dict] = {}
-    for w in workloads:
-        n = max(10, int(w.n * args.scale))
-        n_warm = max(10, n // 10)
-        samples: dict[str, list[int]] = {l: [] for l in loops}
-        failed: dict[str, str] = {}
-        wstart = time.monotonic()
-        for l in loops:  # warm-up, untimed but checked
-            try:
-                measure(factories[l], w, n_warm, args.timeout, args.no_gc)
-            except BenchFailure as exc:
-                failed[l] = f"warm-up: {exc}"
-        for rep in range(args.reps):
-            k = rep % len(loops)
-            for l in loops[k:] + loops[:k]:
-                if l in failed:
-                    continue
-                try:
-                    samples[l].append(measure(factories[l], w, n, args.timeout, args.no_gc))
-                except BenchFailure as exc:
-                    failed[l] = f"rep {rep + 1}: {exc}"
-        row = {"title": w.title, "n": n, "op": w.op, "loops": {}}
-        for l in loops:
-            if l in failed:
-                row["loops"][l] = {"error": failed[l]}
-                continue
-            s = samples[l]
-            row["loops"][l] = {
-                "samples_ns": s,
-                "min_ns_per_op": min(s) / n,
-                "median_ns_per_op": statistics.median(s) / n,
-            }
-        base = row["loops"].get(BASELINE, {})
-        for l, r in row["loops"].items():
-            if "error" in r or "error" in base or not base:
-                continue
-            paired = [b / x for b, x in zip(base["samples_ns"], r["samples_ns"])]
-            r["ratio"] = statistics.median(paired)  # what the table shows
-            r["ratio_paired_range"] = [min(paired), max(paired)]
-            r["ratio_of_mins"] = base["min_ns_per_op"] / r["min_ns_per_op"]
-        results[w.key] = row
-        cells = ", ".join(
-            f"{l} " + ("FAILED" if "error" in r else fmt_time(r["min_ns_per_op"]))
-            for l, r in row["loops"].items())
-        log(f"  {w.title:<32} n={n:<7} {cells}  [{time.monotonic() - wstart:.1f}s]")
+    problems: list[str] = []
+    notes: list[str] = []
+    if isolated:
+        # SIGTERM to the parent: exit through the finally clauses that kill
+        # the running child and remove the temporary directory.
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+        results, problems, notes = run_isolated(workloads, loops, versions, args, log)
+    else:
+        # Everything imported so far goes to the permanent generation, so the
+        # collector's cost during a run depends on what the workload
+        # allocates, not on how big the harness is.
+        gc.collect()
+        gc.freeze()
+        results = {w.key: run_workload(w, loops, factories, args, log) for w in workloads}
 
     return {
         "python": sys.version.split()[0],
@@ -598,12 +765,15 @@ def run(args) -> dict:
         "skipped": skipped,
         "reps": args.reps,
         "scale": args.scale,
+        "isolation": "subprocess per workload" if isolated else "in-process",
         "statistic": "time: min over reps; ratio: median over reps of same-rep ratios",
         "gc_during_timing": not args.no_gc,
         "loadavg_before": load_before,
         "loadavg_after": os.getloadavg(),
         "cpu_steal_percent": _steal_percent(cpu_before, _cpu_times()),
         "seconds": time.monotonic() - started,
+        "problems": problems,
+        "notes": notes,
         "workloads": results,
     }
 
@@ -613,8 +783,11 @@ def render(report: dict) -> str:
     steal = report["cpu_steal_percent"]
     out = [
         f"Python {report['python']} on {report['platform']}, {report['cpus']} CPUs; "
-        f"{report['reps']} interleaved repetitions, fresh loop each; "
-        f"GC {'on' if report['gc_during_timing'] else 'off'} while timing; "
+        f"{report['reps']} interleaved repetitions, fresh loop each, "
+        + ("fresh process per workload; "
+           if report.get("isolation", "in-process") != "in-process"
+           else "all workloads in one process; ")
+        + f"GC {'on' if report['gc_during_timing'] else 'off'} while timing; "
         f"load average {report['loadavg_before'][0]:.2f} -> {report['loadavg_after'][0]:.2f}"
         + (f", CPU steal {steal}%" if steal is not None else "")
         + f"; took {report['seconds']:.0f} s.",
@@ -629,7 +802,8 @@ def render(report: dict) -> str:
     head = ["workload", "N"] + loops + ["spread"]
     out.append("| " + " | ".join(head) + " |")
     out.append("|" + "|".join(["---", "--:"] + ["--:"] * len(loops) + ["--:"]) + "|")
-    notes = []
+    notes: list[tuple[str, str]] = []
+    note_loops: dict[tuple[str, str], list[str]] = {}  # (title, error) -> loops
     ratios: dict[str, list[float]] = {l: [] for l in loops}
     for row in report["workloads"].values():
         cells = [row["title"], str(row["n"])]
@@ -637,8 +811,12 @@ def render(report: dict) -> str:
         for l in loops:
             r = row["loops"][l]
             if "error" in r:
-                notes.append(f"{l} / {row['title']}: {r['error']}")
-                cells.append(f"FAILED [{len(notes)}]")
+                key = (row["title"], r["error"])
+                if key not in note_loops:
+                    note_loops[key] = []
+                    notes.append(key)
+                note_loops[key].append(l)
+                cells.append(f"FAILED [{notes.index(key) + 1}]")
                 continue
             cell = fmt_time(r["min_ns_per_op"])
             if "ratio" in r:
@@ -658,8 +836,12 @@ def render(report: dict) -> str:
             cells.append(cell)
         out.append("| " + " | ".join(cells + [""]) + " |")
     out += ["", "spread: the row's largest (median time / best time - 1), a noise gauge."]
-    for i, note in enumerate(notes, 1):
-        out.append(f"[{i}] {note}")
+    for i, (title, error) in enumerate(notes, 1):
+        out.append(f"[{i}] {', '.join(note_loops[title, error])} / {title}: {error}")
+    for problem in report.get("problems", ()):
+        out.append(f"Problem: {problem}")
+    for note in report.get("notes", ()):
+        out.append(f"Note: {note}")
     return "\n".join(out)
 
 
@@ -682,6 +864,11 @@ def main(argv=None) -> int:
                    help="disable the cyclic GC inside the timed region")
     p.add_argument("--json", metavar="PATH", help="also write raw samples and summary here")
     p.add_argument("--silent", action="store_true", help="no progress on stderr")
+    p.add_argument("--in-process", action="store_true",
+                   help="run all workloads in this one process, one after another "
+                   "(default: a fresh subprocess per workload, so one workload's "
+                   "leftover heap and GC state cannot slow down the next)")
+    p.add_argument(CHILD_FLAG, dest="child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--list", action="store_true", help="list the workloads and exit")
     args = p.parse_args(argv)
     if args.list:
@@ -694,8 +881,18 @@ def main(argv=None) -> int:
         args.scale = 0.2 if args.quick else 1.0
     if args.reps < 1 or args.scale <= 0:
         p.error("--reps must be >= 1 and --scale > 0")
+    if args.child:
+        if not args.json:
+            p.error(f"{CHILD_FLAG} needs --json")
+        # A crash in a loop's extension should leave a Python stack behind.
+        faulthandler.enable()
 
     report = run(args)
+    if args.child:  # the parent reads the JSON and prints the table
+        with open(args.json, "w") as f:
+            json.dump(report, f)
+        return 1 if any("error" in r for row in report["workloads"].values()
+                        for r in row["loops"].values()) else 0
     text = render(report)
     print(text)
     if args.json:
@@ -703,7 +900,7 @@ def main(argv=None) -> int:
             json.dump(report, f, indent=1)
     failed = any("error" in r for row in report["workloads"].values()
                  for r in row["loops"].values())
-    return 1 if failed else 0
+    return 1 if failed or report.get("problems") else 0
 
 
 if __name__ == "__main__":
