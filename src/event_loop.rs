@@ -39,8 +39,12 @@ use crate::scheduler::TimerHeap;
 /// asyncio's cap on one wait for a timer (`MAXIMUM_SELECT_TIMEOUT`).
 const MAXIMUM_SELECT_TIMEOUT: f64 = 24.0 * 3600.0;
 /// How many finished one-shot handles a loop keeps for reuse.  Reusing one
-/// saves an allocation and a deallocation per call_soon.
-const HANDLE_POOL_MAX: usize = 4096;
+/// saves an allocation and a deallocation per call_soon (and, for big
+/// batches, the page faults of memory returned to the OS and taken back).
+const HANDLE_POOL_MAX: usize = 65536;
+/// The pool never shrinks below this; above it, it is trimmed to twice the
+/// last batch, so the memory of one burst is not kept for long.
+const HANDLE_POOL_FLOOR: usize = 1024;
 /// `time.get_clock_info('monotonic').resolution` on Linux.
 const CLOCK_RESOLUTION: f64 = 1e-9;
 
@@ -388,6 +392,7 @@ impl LoopCore {
         drop(removed);
 
         // 5: run what is ready now.
+        let batch_len = batch.len();
         let debug = this.debug.load(Ordering::Relaxed);
         while let Some(cb) = batch.pop_front() {
             let outcome = if debug {
@@ -407,7 +412,17 @@ impl LoopCore {
                 return Err(err);
             }
         }
-        this.state.borrow_mut(py)?.spare = batch;
+        let trimmed = {
+            let mut st = this.state.borrow_mut(py)?;
+            st.spare = batch;
+            let keep = HANDLE_POOL_FLOOR.max(2 * batch_len);
+            if st.pool.len() > keep {
+                st.pool.split_off(keep)
+            } else {
+                Vec::new()
+            }
+        };
+        drop(trimmed);
         Ok(())
     }
 
