@@ -593,7 +593,9 @@ impl LoopCore {
         // loop thread deciding to sleep: it either sees this callback when it
         // computes its timeout, or it is already asleep and we wake it.
         this.state.borrow_mut(py)?.ready.push_back(Callback::Handle(handle.clone_ref(py)));
-        if this.sleeping.swap(false, Ordering::SeqCst) {
+        // The plain load keeps the common case (loop awake) free of a locked
+        // instruction; the GIL orders it against the loop thread's store.
+        if this.sleeping.load(Ordering::Relaxed) && this.sleeping.swap(false, Ordering::SeqCst) {
             this.wake(py)?;
         }
         Ok(handle)
@@ -673,7 +675,7 @@ impl LoopCore {
     /// Queue an existing handle (signal handlers), waking the loop if needed.
     fn _queue_handle(&self, py: Python<'_>, handle: Py<Handle>) -> PyResult<()> {
         self.state.borrow_mut(py)?.ready.push_back(Callback::Handle(handle));
-        if self.sleeping.swap(false, Ordering::SeqCst) {
+        if self.sleeping.load(Ordering::Relaxed) && self.sleeping.swap(false, Ordering::SeqCst) {
             self.wake(py)?;
         }
         Ok(())
