@@ -31,19 +31,20 @@ use smallvec::SmallVec;
 
 use crate::clock::monotonic;
 use crate::gil_cell::GilCell;
-use crate::handles::{is_fatal, new_untracked, Handle, LoopRef, TimerHandle};
+use crate::handles::{
+    is_fatal, new_untracked, pool_handle, take_pooled, trim_pool, Handle, LoopRef, TimerHandle,
+};
 use crate::hooks::call_hook;
 use crate::poller::{FdInterest, Poller, Ready};
 use crate::scheduler::TimerHeap;
 
 /// asyncio's cap on one wait for a timer (`MAXIMUM_SELECT_TIMEOUT`).
 const MAXIMUM_SELECT_TIMEOUT: f64 = 24.0 * 3600.0;
-/// How many finished one-shot handles a loop keeps for reuse.  Reusing one
-/// saves an allocation and a deallocation per call_soon (and, for big
-/// batches, the page faults of memory returned to the OS and taken back).
-const HANDLE_POOL_MAX: usize = 65536;
-/// The pool never shrinks below this; above it, it is trimmed to twice the
-/// last batch, so the memory of one burst is not kept for long.
+/// The handle pool (handles.rs) never shrinks below this; above it, it is
+/// trimmed to twice the last batch, so the memory of one burst is not kept
+/// for long.  Reusing handles saves an allocation and a deallocation per
+/// call_soon (and, for big batches, the page faults of memory returned to
+/// the OS and taken back).
 const HANDLE_POOL_FLOOR: usize = 1024;
 /// `time.get_clock_info('monotonic').resolution` on Linux.
 const CLOCK_RESOLUTION: f64 = 1e-9;
@@ -81,8 +82,6 @@ struct State {
     readers: HashMap<RawFd, Py<Handle>>,
     writers: HashMap<RawFd, Py<Handle>>,
     io_events: Vec<Ready>,
-    /// Emptied one-shot handles, ready for reuse (see Handle::can_recycle).
-    pool: Vec<Py<Handle>>,
 }
 
 impl State {
@@ -180,6 +179,20 @@ impl LoopCore {
         Ok(())
     }
 
+    /// The weak reference to this loop that its handles share.
+    fn loop_ref(slf: &Bound<'_, Self>) -> PyResult<LoopRef> {
+        let py = slf.py();
+        let mut cached = slf.get().self_ref.borrow_mut(py)?;
+        Ok(match &*cached {
+            Some(r) => r.clone_ref(py),
+            None => {
+                let r = LoopRef::new(slf.as_any());
+                *cached = Some(r.clone_ref(py));
+                r
+            }
+        })
+    }
+
     fn new_handle(
         slf: &Bound<'_, Self>,
         callback: Bound<'_, PyAny>,
@@ -187,26 +200,13 @@ impl LoopCore {
         context: Option<Py<PyAny>>,
         oneshot: bool,
     ) -> PyResult<Handle> {
-        let py = slf.py();
-        let this = slf.get();
-        let loop_ref = {
-            let mut cached = this.self_ref.borrow_mut(py)?;
-            match &*cached {
-                Some(r) => r.clone_ref(py),
-                None => {
-                    let r = LoopRef::new(slf.as_any());
-                    *cached = Some(r.clone_ref(py));
-                    r
-                }
-            }
-        };
         Handle::create(
-            py,
+            slf.py(),
             callback.unbind(),
             args.unbind(),
-            loop_ref,
+            Self::loop_ref(slf)?,
             context,
-            this.debug.load(Ordering::Relaxed),
+            slf.get().debug.load(Ordering::Relaxed),
             oneshot,
         )
     }
@@ -222,9 +222,9 @@ impl LoopCore {
         let py = slf.py();
         let this = slf.get();
         if !this.debug.load(Ordering::Relaxed) {
-            let pooled = this.state.borrow_mut(py)?.pool.pop();
-            if let Some(handle) = pooled {
-                handle.get().reuse(py, callback.unbind(), args.unbind(), context)?;
+            if let Some(handle) = take_pooled(py)? {
+                let loop_ref = Self::loop_ref(slf)?;
+                handle.get().reuse(py, callback.unbind(), args.unbind(), loop_ref, context)?;
                 return Ok(handle);
             }
         }
@@ -234,19 +234,11 @@ impl LoopCore {
     /// After a callback ran: keep its handle for reuse when nobody else can
     /// see it, else let it go.
     #[inline]
-    fn retire(&self, py: Python<'_>, cb: Callback) -> PyResult<()> {
+    fn retire(py: Python<'_>, cb: Callback) -> PyResult<()> {
         if let Callback::Handle(handle) = cb {
             if Handle::can_recycle(&handle, py) {
                 let emptied = handle.get().recycle(py)?;
-                let unkept = {
-                    let mut st = self.state.borrow_mut(py)?;
-                    if st.pool.len() < HANDLE_POOL_MAX {
-                        st.pool.push(handle);
-                        None
-                    } else {
-                        Some(handle)
-                    }
-                };
+                let unkept = pool_handle(py, handle)?;
                 drop(emptied);
                 drop(unkept);
             }
@@ -401,7 +393,7 @@ impl LoopCore {
                 Self::run_callback(py, &cb)
             };
             let released = cb.handle_ref(py).release_after_run(py);
-            let retired = this.retire(py, cb);
+            let retired = Self::retire(py, cb);
             let outcome = outcome.and(released).and(retired);
             if let Err(err) = outcome {
                 // Leave the rest of the batch to run next time, as asyncio does.
@@ -412,16 +404,8 @@ impl LoopCore {
                 return Err(err);
             }
         }
-        let trimmed = {
-            let mut st = this.state.borrow_mut(py)?;
-            st.spare = batch;
-            let keep = HANDLE_POOL_FLOOR.max(2 * batch_len);
-            if st.pool.len() > keep {
-                st.pool.split_off(keep)
-            } else {
-                Vec::new()
-            }
-        };
+        this.state.borrow_mut(py)?.spare = batch;
+        let trimmed = trim_pool(py, HANDLE_POOL_FLOOR.max(2 * batch_len))?;
         drop(trimmed);
         Ok(())
     }

@@ -24,12 +24,46 @@ pub struct Callable {
     pub args: Py<PyTuple>,
 }
 
-/// What a handle runs, and in which context.  `context` is None only while
-/// the handle sits unused in its loop's pool (see `LoopCore`).
+/// What a handle runs, in which context, for which loop.  `context` and
+/// `loop_` are None only while the handle sits unused in the pool.
 #[derive(Default)]
 pub struct Slot {
     callable: Option<Callable>,
     context: Option<Py<PyAny>>,
+    loop_: Option<LoopRef>,
+}
+
+/// Emptied one-shot handles, shared by every loop of the process (like
+/// CPython's own free lists), so a new loop starts with warm handles too.
+/// Only touched with the GIL held (see gil_cell.rs).
+static HANDLE_POOL: GilCell<Vec<Py<Handle>>> = GilCell::new(Vec::new());
+
+/// The most handles the pool holds.
+const HANDLE_POOL_MAX: usize = 65536;
+
+/// A pooled handle, if any.
+#[inline]
+pub fn take_pooled(py: Python<'_>) -> PyResult<Option<Py<Handle>>> {
+    Ok(HANDLE_POOL.borrow_mut(py)?.pop())
+}
+
+/// Put a recycled handle in the pool; returns it back when the pool is full.
+#[inline]
+pub fn pool_handle(py: Python<'_>, handle: Py<Handle>) -> PyResult<Option<Py<Handle>>> {
+    let mut pool = HANDLE_POOL.borrow_mut(py)?;
+    if pool.len() < HANDLE_POOL_MAX {
+        pool.push(handle);
+        Ok(None)
+    } else {
+        Ok(Some(handle))
+    }
+}
+
+/// Shrink the pool to `keep` handles; the caller drops what is returned,
+/// outside the borrow.
+pub fn trim_pool(py: Python<'_>, keep: usize) -> PyResult<Vec<Py<Handle>>> {
+    let mut pool = HANDLE_POOL.borrow_mut(py)?;
+    Ok(if pool.len() > keep { pool.split_off(keep) } else { Vec::new() })
 }
 
 /// The current `contextvars.Context`, copied (what asyncio does for `context=None`).
@@ -102,7 +136,6 @@ impl LoopRef {
 #[pyclass(module = "ferroloop", subclass, frozen, weakref)]
 pub struct Handle {
     slot: GilCell<Slot>,
-    loop_: LoopRef,
     /// call_soon/call_later handles run once; reader, writer and signal
     /// handles run every time their event fires.
     oneshot: bool,
@@ -133,8 +166,11 @@ impl Handle {
             None
         };
         Ok(Handle {
-            slot: GilCell::new(Slot { callable: Some(Callable { callback, args }), context: Some(context) }),
-            loop_,
+            slot: GilCell::new(Slot {
+                callable: Some(Callable { callback, args }),
+                context: Some(context),
+                loop_: Some(loop_),
+            }),
             oneshot,
             cancelled: AtomicBool::new(false),
             debug,
@@ -153,7 +189,7 @@ impl Handle {
     #[inline]
     pub fn invoke(&self, py: Python<'_>) -> PyResult<()> {
         let (callback, args, context) = match &*self.slot.borrow_mut(py)? {
-            Slot { callable: Some(c), context: Some(ctx) } => {
+            Slot { callable: Some(c), context: Some(ctx), .. } => {
                 (c.callback.clone_ref(py), c.args.clone_ref(py), ctx.clone_ref(py))
             }
             _ => return Ok(()),
@@ -233,13 +269,18 @@ impl Handle {
         py: Python<'_>,
         callback: Py<PyAny>,
         args: Py<PyTuple>,
+        loop_: LoopRef,
         context: Option<Py<PyAny>>,
     ) -> PyResult<()> {
         let context = match context {
             Some(c) if !c.is_none(py) => c,
             _ => copy_current_context(py)?,
         };
-        let fresh = Slot { callable: Some(Callable { callback, args }), context: Some(context) };
+        let fresh = Slot {
+            callable: Some(Callable { callback, args }),
+            context: Some(context),
+            loop_: Some(loop_),
+        };
         let old = std::mem::replace(&mut *self.slot.borrow_mut(py)?, fresh);
         drop(old);
         Ok(())
@@ -342,8 +383,11 @@ impl Handle {
     }
 
     #[getter]
-    fn _loop(&self, py: Python<'_>) -> Py<PyAny> {
-        self.loop_.get(py)
+    fn _loop(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Ok(match &self.slot.borrow_mut(py)?.loop_ {
+            Some(l) => l.get(py),
+            None => py.None(),
+        })
     }
 
     #[getter]

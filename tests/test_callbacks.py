@@ -501,3 +501,27 @@ def test_each_callback_gets_a_fresh_context_copy_batch_after_batch(loop):
         loop.run_forever()
     assert seen == ["unset"] * 150
     assert var.get() == "unset"
+
+
+def test_handles_belong_to_the_loop_that_scheduled_them(loop_factory):
+    """Finished handles may be reused by another loop of the process; a
+    handle must always report (and send errors to) the loop it came from."""
+    first = loop_factory()
+    for _ in range(20):
+        first.call_soon(lambda: None)
+    first.call_soon(first.stop)
+    first.run_forever()
+    first.close()
+
+    second = loop_factory()
+    try:
+        errors = []
+        second.set_exception_handler(lambda lp, ctx: errors.append((lp, ctx["handle"])))
+        handles = [second.call_soon(lambda: 1 / 0) for _ in range(20)]
+        assert all(h._loop is second for h in handles)
+        second.call_soon(second.stop)
+        second.run_forever()
+        assert [lp for lp, _ in errors] == [second] * 20
+        assert [h for _, h in errors] == handles
+    finally:
+        second.close()
