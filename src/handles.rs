@@ -24,6 +24,22 @@ pub struct Callable {
     pub args: Py<PyTuple>,
 }
 
+impl Callable {
+    /// Like the handle that owns it, the argument tuple is taken off the
+    /// GC's list: only the handle refers to it, and it is released once the
+    /// callback ran or was cancelled.  CPython untracks tuples itself
+    /// (`_PyTuple_MaybeUntrack`), so tuple deallocation expects it.
+    fn new(py: Python<'_>, callback: Py<PyAny>, args: Py<PyTuple>) -> Callable {
+        if !args.bind(py).is_empty() {
+            // SAFETY: `args` is a live tuple we hold a reference to;
+            // untracking a tracked object is always allowed and tuples are
+            // deallocated with PyObject_GC_UnTrack, a no-op when untracked.
+            unsafe { ffi::PyObject_GC_UnTrack(args.as_ptr().cast()) };
+        }
+        Callable { callback, args }
+    }
+}
+
 /// What a handle runs, in which context, for which loop.  `context` and
 /// `loop_` are None only while the handle sits unused in the pool.
 #[derive(Default)]
@@ -167,7 +183,7 @@ impl Handle {
         };
         Ok(Handle {
             slot: GilCell::new(Slot {
-                callable: Some(Callable { callback, args }),
+                callable: Some(Callable::new(py, callback, args)),
                 context: Some(context),
                 loop_: Some(loop_),
             }),
@@ -277,7 +293,7 @@ impl Handle {
             _ => copy_current_context(py)?,
         };
         let fresh = Slot {
-            callable: Some(Callable { callback, args }),
+            callable: Some(Callable::new(py, callback, args)),
             context: Some(context),
             loop_: Some(loop_),
         };

@@ -525,3 +525,29 @@ def test_handles_belong_to_the_loop_that_scheduled_them(loop_factory):
         assert [h for _, h in errors] == handles
     finally:
         second.close()
+
+
+@pytest.mark.parametrize("schedule", ["call_soon", "call_later", "cancelled"])
+def test_object_holding_its_own_handle_is_freed(loop, schedule):
+    """An object that keeps the handle of a callback taking itself as
+    argument forms a cycle; once the callback ran (or was cancelled) the
+    cycle must not keep the object alive."""
+    import gc
+    import weakref
+
+    class Owner:
+        pass
+
+    owner = Owner()
+    if schedule == "call_soon":
+        owner.handle = loop.call_soon(lambda o: None, owner)
+    else:
+        owner.handle = loop.call_later(0, lambda o: None, owner)
+        if schedule == "cancelled":
+            owner.handle.cancel()
+    alive = weakref.ref(owner)
+    del owner
+    loop.call_later(0.01, loop.stop)
+    run_until_stopped(loop)
+    gc.collect()
+    assert alive() is None
