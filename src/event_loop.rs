@@ -32,7 +32,7 @@ use smallvec::SmallVec;
 use crate::clock::monotonic;
 use crate::gil_cell::GilCell;
 use crate::handles::{
-    is_fatal, new_untracked, pool_handle, take_pooled, trim_pool, Handle, LoopRef, TimerHandle,
+    new_untracked, pool_handle, take_pooled, trim_pool, Handle, LoopRef, TimerHandle,
 };
 use crate::hooks::call_hook;
 use crate::poller::{FdInterest, Poller, Ready};
@@ -156,14 +156,8 @@ impl LoopCore {
     /// costs a Python call, so like asyncio it runs in debug mode only; a
     /// non-callable is rejected always since it can never run.
     fn check_callback(&self, py: Python<'_>, callback: &Bound<'_, PyAny>, method: &str) -> PyResult<()> {
-        if self.debug.load(Ordering::Relaxed) {
+        if self.debug.load(Ordering::Relaxed) || !callback.is_callable() {
             call_hook(py, "check_callback", (callback, method))?;
-        } else if !callback.is_callable() {
-            call_hook(py, "check_callback", (callback, method))?;
-            return Err(PyTypeError::new_err(format!(
-                "a callable object was expected by {method}(), got {}",
-                repr_of(callback)
-            )));
         }
         Ok(())
     }
@@ -414,12 +408,7 @@ impl LoopCore {
     /// to the exception handler (asyncio's `Handle._run`).
     #[inline]
     fn run_callback(py: Python<'_>, cb: &Callback) -> PyResult<()> {
-        match cb.handle_ref(py).invoke(py) {
-            Err(err) if !is_fatal(py, &err) => {
-                call_hook(py, "report_callback_error", (cb.handle(py), err.into_value(py))).map(drop)
-            }
-            other => other,
-        }
+        cb.handle_ref(py).run_reporting(py, || cb.handle(py))
     }
 
     /// Debug mode: expose the running handle as `_current_handle` and warn

@@ -108,7 +108,7 @@ pub fn new_untracked<T: pyo3::PyClass>(py: Python<'_>, init: impl Into<PyClassIn
 
 /// True for the exceptions that must leave the loop instead of going to the
 /// exception handler.
-pub fn is_fatal(py: Python<'_>, err: &PyErr) -> bool {
+fn is_fatal(py: Python<'_>, err: &PyErr) -> bool {
     err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py)
 }
 
@@ -320,16 +320,20 @@ impl Handle {
     }
 
     /// Run like asyncio's `Handle._run`: errors other than SystemExit and
-    /// KeyboardInterrupt go to the loop's exception handler.
-    pub fn run_reporting(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        if let Err(err) = slf.get().invoke(py) {
-            if is_fatal(py, &err) {
-                return Err(err);
+    /// KeyboardInterrupt go to the loop's exception handler.  `this` gives
+    /// the handle object for the report (only built when there is an error).
+    #[inline]
+    pub fn run_reporting<'py>(
+        &self,
+        py: Python<'py>,
+        this: impl FnOnce() -> Bound<'py, Handle>,
+    ) -> PyResult<()> {
+        match self.invoke(py) {
+            Err(err) if !is_fatal(py, &err) => {
+                call_hook(py, "report_callback_error", (this(), err.into_value(py))).map(drop)
             }
-            call_hook(py, "report_callback_error", (slf, err.into_value(py)))?;
+            other => other,
         }
-        Ok(())
     }
 }
 
@@ -366,7 +370,7 @@ impl Handle {
     }
 
     fn _run(slf: &Bound<'_, Self>) -> PyResult<()> {
-        Handle::run_reporting(slf)
+        slf.get().run_reporting(slf.py(), || slf.clone())
     }
 
     #[getter]

@@ -266,10 +266,6 @@ class Loop(_ferroloop.LoopCore, unix_events.SelectorEventLoop):
         else:
             self._queue_handle(handle)
 
-    def _process_self_data(self, data):
-        for signum in data:
-            if signum:
-                self._handle_signal(signum)
-
     def _read_from_self(self):
-        pass
+        """asyncio's self-pipe reader; ferroloop has no self-pipe (the native
+        poller reads the signal pipe and calls _handle_signal)."""
