@@ -60,7 +60,10 @@ from typing import Callable
 
 perf_counter_ns = time.perf_counter_ns
 
-ALL_LOOPS = ("asyncio", "uvloop", "rloop", "ferroloop")
+ALL_LOOPS = ("asyncio", "uvloop", "rloop", "ferroloop", "ferroloop-aio")
+# ferroloop-aio: ferroloop's loop with asyncio's own Future and Task
+# (new_event_loop(native_futures=False)), to separate what the native loop
+# gains from what the native Future/Task gain.
 BASELINE = "asyncio"
 
 
@@ -351,6 +354,163 @@ def wl_threadsafe(loop, n):
     return t1 - t0
 
 
+async def _future_handoff(loop, n):
+    """PRODUCERS tasks each await, n/PRODUCERS times, a future that one
+    consumer task resolves (a request/response pattern: RPC clients,
+    connection pools)."""
+    create_future = loop.create_future
+    requests = collections.deque()
+    consumer_wake = None
+    per = n // HANDOFF_PRODUCERS
+
+    async def producer(p):
+        total = 0
+        for i in range(per):
+            fut = create_future()
+            requests.append((fut, i))
+            if consumer_wake is not None and not consumer_wake.done():
+                consumer_wake.set_result(None)
+            total += await fut
+        return total
+
+    async def consumer():
+        nonlocal consumer_wake
+        served = 0
+        while served < per * HANDOFF_PRODUCERS:
+            if not requests:
+                consumer_wake = create_future()
+                await consumer_wake
+                continue
+            while requests:
+                fut, i = requests.popleft()
+                fut.set_result(2 * i)
+                served += 1
+        return served
+
+    c = loop.create_task(consumer())
+    totals = await asyncio.gather(*[loop.create_task(producer(p))
+                                    for p in range(HANDOFF_PRODUCERS)])
+    return totals, await c
+
+
+HANDOFF_PRODUCERS = 100
+
+
+def wl_future_handoff(loop, n):
+    ns, (totals, served) = _run_coro(loop, _future_handoff(loop, n))
+    per = n // HANDOFF_PRODUCERS
+    want = per * (per - 1)
+    check(served == per * HANDOFF_PRODUCERS, f"consumer served {served}")
+    check(totals == [want] * HANDOFF_PRODUCERS, "a producer got wrong results")
+    return ns
+
+
+CONTENDERS = 10
+
+
+async def _lock(loop, n):
+    lock = asyncio.Lock()
+    owner = None
+    overlaps = 0
+    sleep = asyncio.sleep
+
+    async def worker(me):
+        nonlocal owner, overlaps
+        for _ in range(n // CONTENDERS):
+            async with lock:
+                if owner is not None:
+                    overlaps += 1
+                owner = me
+                await sleep(0)  # hold the lock across a task switch
+                owner = None
+
+    await asyncio.gather(*[loop.create_task(worker(i)) for i in range(CONTENDERS)])
+    return overlaps
+
+
+def wl_lock(loop, n):
+    ns, overlaps = _run_coro(loop, _lock(loop, n))
+    check(overlaps == 0, f"{overlaps} times two tasks held the lock")
+    return ns
+
+
+async def _event(loop, n):
+    event = asyncio.Event()
+    rounds = n // CONTENDERS
+    woken = [0] * CONTENDERS
+    sleep = asyncio.sleep
+
+    async def waiter(me):
+        wait = event.wait
+        for _ in range(rounds):
+            await wait()
+            woken[me] += 1
+            while event.is_set():  # wait for the next round
+                await sleep(0)
+
+    tasks = [loop.create_task(waiter(i)) for i in range(CONTENDERS)]
+    await sleep(0)
+    for _ in range(rounds):
+        event.set()
+        await sleep(0)  # every waiter wakes (their wakeups were queued first)
+        event.clear()
+        await sleep(0)
+    await asyncio.gather(*tasks)
+    return woken
+
+
+def wl_event(loop, n):
+    ns, woken = _run_coro(loop, _event(loop, n))
+    rounds = n // CONTENDERS
+    check(woken == [rounds] * CONTENDERS, f"wakeups per waiter {woken}, want {rounds}")
+    return ns
+
+
+async def _taskgroup(loop, n):
+    async with asyncio.TaskGroup() as tg:
+        tasks = [tg.create_task(_tiny(i)) for i in range(n)]
+    return [t.result() for t in tasks]
+
+
+def wl_taskgroup(loop, n):
+    ns, res = _run_coro(loop, _taskgroup(loop, n))
+    check(res == list(range(n)), "TaskGroup results wrong: "
+          + _first_mismatch(res, list(range(n))))
+    return ns
+
+
+async def _pending_memory(loop, n):
+    import tracemalloc
+
+    async def waiter(fut):
+        return await fut
+
+    futures = [loop.create_future() for _ in range(n)]
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        tasks = [loop.create_task(waiter(f)) for f in futures]
+        await asyncio.sleep(0)  # every task has run to its await
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    pending = sum(not t.done() for t in tasks)
+    for i, f in enumerate(futures):
+        f.set_result(i)
+    return after - before, pending, await asyncio.gather(*tasks)
+
+
+def wl_pending_memory(loop, n):
+    """Bytes (tracemalloc: every Python object, native ones included) per
+    task created and suspended on a future; the futures themselves are made
+    before measuring."""
+    nbytes, pending, res = loop.run_until_complete(_pending_memory(loop, n))
+    check(pending == n, f"{pending} of {n} tasks were pending")
+    check(res == list(range(n)), "results wrong")
+    return nbytes
+
+
 @dataclass(frozen=True)
 class Workload:
     key: str
@@ -358,6 +518,7 @@ class Workload:
     fn: Callable
     n: int          # operations per measurement in the default run
     op: str         # what one operation is
+    unit: str = "ns"  # what fn returns: elapsed "ns", or "bytes" used
 
 
 WORKLOADS = (
@@ -379,6 +540,20 @@ WORKLOADS = (
              "one item put and got"),
     Workload("threadsafe", "call_soon_threadsafe (thread)", wl_threadsafe, 20_000,
              "one callback sent from another thread"),
+    # Coroutines, tasks and futures (issue 4's rows).
+    Workload("gather100k", "create_task + gather, 100k", wl_gather, 100_000,
+             "one task created, run and gathered"),
+    Workload("handoff", f"future handoff ({HANDOFF_PRODUCERS} producers)",
+             wl_future_handoff, 20_000,
+             "one future created, awaited and resolved by another task"),
+    Workload("lock", f"Lock, {CONTENDERS} contenders", wl_lock, 20_000,
+             "one acquire/release, held across a task switch"),
+    Workload("event", f"Event, {CONTENDERS} waiters", wl_event, 20_000,
+             "one waiter woken"),
+    Workload("taskgroup", "TaskGroup fan-out", wl_taskgroup, 20_000,
+             "one task created in a TaskGroup and joined"),
+    Workload("pending_memory", "memory per pending task", wl_pending_memory, 20_000,
+             "one task suspended on a future (bytes)", unit="bytes"),
 )
 
 
@@ -416,6 +591,11 @@ def load_loops(names):
                 # taken directly so an installed policy cannot swap it.
                 factory = asyncio.SelectorEventLoop
                 versions[name] = "stdlib"
+            elif name == "ferroloop-aio":
+                import functools
+                mod = importlib.import_module("ferroloop")
+                factory = functools.partial(mod.new_event_loop, native_futures=False)
+                versions[name] = "(asyncio's Future/Task)"
             else:
                 mod = importlib.import_module(name)
                 factory = mod.new_event_loop
@@ -512,6 +692,12 @@ def _steal_percent(before, after):
     return round(100.0 * d[7] / total, 1) if total else None
 
 
+def fmt_value(value_per_op: float, unit: str) -> str:
+    if unit == "bytes":
+        return f"{value_per_op:.0f} B"
+    return fmt_time(value_per_op)
+
+
 def fmt_time(ns_per_op: float) -> str:
     if ns_per_op < 1000:
         return f"{ns_per_op:.0f} ns" if ns_per_op >= 100 else f"{ns_per_op:.1f} ns"
@@ -547,7 +733,7 @@ def run_workload(w: Workload, loops, factories, args, log) -> dict:
                 samples[l].append(measure(factories[l], w, n, args.timeout, args.no_gc))
             except BenchFailure as exc:
                 failed[l] = f"rep {rep + 1}: {exc}"
-    row = {"title": w.title, "n": n, "op": w.op, "loops": {}}
+    row = {"title": w.title, "n": n, "op": w.op, "unit": w.unit, "loops": {}}
     for l in loops:
         if l in failed:
             row["loops"][l] = {"error": failed[l]}
@@ -567,7 +753,7 @@ def run_workload(w: Workload, loops, factories, args, log) -> dict:
         r["ratio_paired_range"] = [min(paired), max(paired)]
         r["ratio_of_mins"] = base["min_ns_per_op"] / r["min_ns_per_op"]
     cells = ", ".join(
-        f"{l} " + ("FAILED" if "error" in r else fmt_time(r["min_ns_per_op"]))
+        f"{l} " + ("FAILED" if "error" in r else fmt_value(r["min_ns_per_op"], w.unit))
         for l, r in row["loops"].items())
     log(f"  {w.title:<32} n={n:<7} {cells}  [{time.monotonic() - wstart:.1f}s]")
     return row
@@ -798,7 +984,8 @@ def render(report: dict) -> str:
         out.append(f"Skipped {l}: {why}")
     out += ["", "Time per operation, best of the repetitions, and in brackets the speed-up "
             "over asyncio (asyncio time / loop time, median over repetitions of the "
-            "same-repetition ratio; >1 means faster than asyncio):", ""]
+            "same-repetition ratio; >1 means faster than asyncio).  Rows in bytes: "
+            "memory per operation, and asyncio bytes / loop bytes:", ""]
     head = ["workload", "N"] + loops + ["spread"]
     out.append("| " + " | ".join(head) + " |")
     out.append("|" + "|".join(["---", "--:"] + ["--:"] * len(loops) + ["--:"]) + "|")
@@ -818,7 +1005,7 @@ def render(report: dict) -> str:
                 note_loops[key].append(l)
                 cells.append(f"FAILED [{notes.index(key) + 1}]")
                 continue
-            cell = fmt_time(r["min_ns_per_op"])
+            cell = fmt_value(r["min_ns_per_op"], row.get("unit", "ns"))
             if "ratio" in r:
                 cell += f" ({r['ratio']:.2f}x)"
                 ratios[l].append(r["ratio"])

@@ -145,6 +145,22 @@ DURATION_HINT = {"test_tasks": 30, "test_events": 20, "test_taskgroups": 6,
 BASELINE_ALIASES = {".FerroloopEventLoopTests.": ".EPollEventLoopTests.",
                     "(test.test_asyncio.test_events.FerroloopEventLoopTests)":
                     "(test.test_asyncio.test_events.EPollEventLoopTests)"}
+# Native Future/Task variants (worker.patch_native_future_variants): each is
+# compared with the C class variant it was made from.
+for _ferro, _c in (("FerroFutureTests", "CFutureTests"),
+                   ("FerroSubFutureTests", "CSubFutureTests"),
+                   ("FerroFutureDoneCallbackTests", "CFutureDoneCallbackTests"),
+                   ("FerroSubFutureDoneCallbackTests",
+                    "CSubFutureDoneCallbackTests"),
+                   ("FerroFutureInheritanceTests", "CFutureInheritanceTests"),
+                   ("FerroTask_FerroFuture_SubclassTests",
+                    "CTask_CFuture_SubclassTests"),
+                   ("FerroTask_FerroFuture_Tests", "CTask_CFuture_Tests"),
+                   ("FerroTask_CFuture_Tests", "CTask_PyFuture_Tests"),
+                   ("CTask_FerroFuture_Tests", "CTask_PyFuture_Tests"),
+                   ("FerroCurrentLoopTests", "CCurrentLoopTests")):
+    BASELINE_ALIASES[f".{_ferro}."] = f".{_c}."
+del _ferro, _c
 
 OK = ("success", "expected_failure")
 BAD = ("failure", "error", "unexpected_success", "crash", "timeout",

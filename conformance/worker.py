@@ -250,6 +250,80 @@ def patch_test_events(mod, ferroloop):
     setattr(mod, FERRO_EVENTS_CLASS, cls)
 
 
+# Native Future/Task variants (ferroloop mode only).
+#
+# test_futures, test_futures2 and test_tasks run their tests against the C
+# and the pure-Python classes through class-parametrised mixins, on
+# test_utils' fake-clock TestLoop -- so without this, not one of those tests
+# would touch ferroloop's native Future and Task.  Each variant below is the
+# C variant with ferroloop's classes plugged in (ferroloop.Future on a
+# TestLoop exercises the generic, loop.call_soon() path of the native
+# classes), and run.py compares it with that C variant (BASELINE_ALIASES):
+#
+#   FerroX (ferroloop mode)                 baseline (both modes)
+#   test_futures.FerroFutureTests           CFutureTests
+#   test_futures.FerroSubFutureTests        CSubFutureTests
+#   test_futures.FerroFutureDoneCallbackTests / ...Sub...  C... ones
+#   test_futures.FerroFutureInheritanceTests CFutureInheritanceTests
+#   test_futures2.FerroFutureTests          CFutureTests (cls is a Task there)
+#   test_tasks.FerroTask_FerroFuture_Tests  CTask_CFuture_Tests
+#   test_tasks.FerroTask_FerroFuture_SubclassTests  CTask_CFuture_SubclassTests
+#   test_tasks.FerroTask_CFuture_Tests      CTask_PyFuture_Tests (interop)
+#   test_tasks.CTask_FerroFuture_Tests      CTask_PyFuture_Tests (interop)
+#   test_tasks.FerroCurrentLoopTests        CCurrentLoopTests
+
+def _variant(mod, name, base, attrs):
+    attrs = dict(attrs, __module__=mod.__name__, __qualname__=name)
+    cls = type(name, (base,), attrs)
+    setattr(mod, name, cls)
+    return cls
+
+
+def patch_native_future_variants(mod, ferroloop):
+    short = mod.__name__.rpartition(".")[2]
+    Future, Task = ferroloop.Future, ferroloop.Task
+    if short == "test_futures":
+        class FerroSubFuture(Future):
+            pass
+
+        _variant(mod, "FerroFutureTests", mod.CFutureTests, {"cls": Future})
+        _variant(mod, "FerroSubFutureTests", mod.CSubFutureTests,
+                 {"cls": FerroSubFuture})
+        _variant(mod, "FerroFutureDoneCallbackTests",
+                 mod.CFutureDoneCallbackTests,
+                 {"_new_future": lambda self: Future(loop=self.loop)})
+        _variant(mod, "FerroSubFutureDoneCallbackTests",
+                 mod.CSubFutureDoneCallbackTests,
+                 {"_new_future": lambda self: FerroSubFuture(loop=self.loop)})
+        _variant(mod, "FerroFutureInheritanceTests",
+                 mod.CFutureInheritanceTests,
+                 {"_get_future_cls": lambda self: Future})
+    elif short == "test_futures2":
+        _variant(mod, "FerroFutureTests", mod.CFutureTests, {"cls": Task})
+    elif short == "test_tasks":
+        from asyncio import futures as _futures
+        CFuture = getattr(_futures, "_CFuture")
+        _variant(mod, "FerroTask_FerroFuture_Tests", mod.CTask_CFuture_Tests,
+                 {"Task": Task, "Future": Future})
+        # Mixed pairs, like CTask_PyFuture_Tests: without SetMethodsTest,
+        # which calls one class's methods on the other's instances.
+        _variant(mod, "FerroTask_CFuture_Tests", mod.CTask_PyFuture_Tests,
+                 {"Task": Task, "Future": CFuture})
+        _variant(mod, "CTask_FerroFuture_Tests", mod.CTask_PyFuture_Tests,
+                 {"Future": Future})
+        # add_subclass_tests wraps the classes it finds on the class, so it
+        # must see ferroloop's (not the C ones CTask_CFuture_SubclassTests
+        # already wrapped).
+        fresh = type("FerroTask_FerroFuture_SubclassTests",
+                     (mod.BaseTaskTests, mod.test_utils.TestCase),
+                     {"Task": Task, "Future": Future,
+                      "__module__": mod.__name__,
+                      "__qualname__": "FerroTask_FerroFuture_SubclassTests"})
+        setattr(mod, fresh.__name__, mod.add_subclass_tests(fresh))
+        _variant(mod, "FerroCurrentLoopTests", mod.CCurrentLoopTests,
+                 {"new_task": lambda self, coro: Task(coro, loop=self.loop)})
+
+
 # Fixture adapters (both modes, so the comparison stays symmetric).
 #
 # test_runners and test_pep492 build their loops as a bare, abstract
@@ -492,6 +566,9 @@ def main(argv=None):
     short = modname.rpartition(".")[2]
     if ferro is not None and short == "test_events":
         patch_test_events(mod, ferro)
+    if ferro is not None and short in ("test_futures", "test_futures2",
+                                       "test_tasks"):
+        patch_native_future_variants(mod, ferro)
     adapted = None
     if args.adapters and short in ADAPTERS:
         ADAPTERS[short](mod, ferro.new_event_loop if ferro is not None

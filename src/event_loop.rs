@@ -29,7 +29,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyInt, PyTuple};
 use smallvec::SmallVec;
 
+use crate::callbacks::NativeCallback;
 use crate::clock::monotonic;
+use crate::future::Future;
 use crate::gil_cell::GilCell;
 use crate::handles::{
     new_untracked, pool_handle, take_pooled, trim_pool, Handle, LoopRef, TimerHandle,
@@ -37,6 +39,7 @@ use crate::handles::{
 use crate::hooks::call_hook;
 use crate::poller::{FdInterest, Poller, Ready};
 use crate::scheduler::TimerHeap;
+use crate::task::Task;
 
 /// asyncio's cap on one wait for a timer (`MAXIMUM_SELECT_TIMEOUT`).
 const MAXIMUM_SELECT_TIMEOUT: f64 = 24.0 * 3600.0;
@@ -54,23 +57,26 @@ const CLOCK_RESOLUTION: f64 = 1e-9;
 pub enum Callback {
     Handle(Py<Handle>),
     Timer(Py<TimerHandle>),
+    /// A native future's done callback or a native task's step/wakeup.
+    Native(NativeCallback),
 }
 
 impl Callback {
-    fn handle<'py>(&self, py: Python<'py>) -> Bound<'py, Handle> {
+    fn handle<'py>(&self, py: Python<'py>) -> Option<Bound<'py, Handle>> {
         match self {
-            Callback::Handle(h) => h.bind(py).clone(),
-            Callback::Timer(t) => t.bind(py).as_super().clone(),
+            Callback::Handle(h) => Some(h.bind(py).clone()),
+            Callback::Timer(t) => Some(t.bind(py).as_super().clone()),
+            Callback::Native(_) => None,
         }
     }
 
-    fn handle_ref<'a>(&'a self, py: Python<'a>) -> &'a Handle {
+    fn handle_ref<'a>(&'a self, py: Python<'a>) -> Option<&'a Handle> {
         match self {
-            Callback::Handle(h) => h.get(),
-            Callback::Timer(t) => t.bind(py).as_super().get(),
+            Callback::Handle(h) => Some(h.get()),
+            Callback::Timer(t) => Some(t.bind(py).as_super().get()),
+            Callback::Native(_) => None,
         }
     }
-
 }
 
 #[derive(Default)]
@@ -110,6 +116,11 @@ pub struct LoopCore {
     cancelled_timers: Arc<AtomicUsize>,
     /// A weak reference to this loop, shared by all its handles.
     self_ref: GilCell<Option<LoopRef>>,
+    /// create_future()/create_task() make ferroloop's native Future and
+    /// Task (else asyncio's own classes).
+    native_futures: AtomicBool,
+    /// `loop._task_factory` (BaseEventLoop's set/get_task_factory use it).
+    task_factory: GilCell<Option<Py<PyAny>>>,
 }
 
 fn current_thread_ident() -> u64 {
@@ -144,6 +155,25 @@ fn closed_error() -> PyErr {
 }
 
 impl LoopCore {
+    #[inline]
+    pub fn is_debug(&self) -> bool {
+        self.debug.load(Ordering::Relaxed)
+    }
+
+    /// Queue a native future/task callback, as `call_soon` would a handle.
+    /// In debug mode the callback is handed back: it must go through
+    /// `call_soon` to get a Handle with its traceback and timing.
+    #[inline]
+    pub fn push_native(slf: &Bound<'_, Self>, cb: NativeCallback) -> PyResult<Option<NativeCallback>> {
+        let this = slf.get();
+        this.check_closed()?;
+        if this.is_debug() {
+            return Ok(Some(cb));
+        }
+        this.state.borrow_mut(slf.py())?.ready.push_back(Callback::Native(cb));
+        Ok(None)
+    }
+
     #[inline]
     fn check_closed(&self) -> PyResult<()> {
         if self.closed.load(Ordering::Relaxed) {
@@ -381,12 +411,15 @@ impl LoopCore {
         let batch_len = batch.len();
         let debug = this.debug.load(Ordering::Relaxed);
         while let Some(cb) = batch.pop_front() {
-            let outcome = if debug {
-                Self::run_debug(slf, &cb)
-            } else {
-                Self::run_callback(py, &cb)
+            let outcome = match &cb {
+                Callback::Native(native) => native.run(py, slf.as_any()),
+                _ if debug => Self::run_debug(slf, &cb),
+                _ => Self::run_callback(py, &cb),
             };
-            let released = cb.handle_ref(py).release_after_run(py);
+            let released = match cb.handle_ref(py) {
+                Some(h) => h.release_after_run(py),
+                None => Ok(()),
+            };
             let retired = Self::retire(py, cb);
             let outcome = outcome.and(released).and(retired);
             if let Err(err) = outcome {
@@ -408,7 +441,14 @@ impl LoopCore {
     /// to the exception handler (asyncio's `Handle._run`).
     #[inline]
     fn run_callback(py: Python<'_>, cb: &Callback) -> PyResult<()> {
-        cb.handle_ref(py).run_reporting(py, || cb.handle(py))
+        match cb {
+            Callback::Handle(h) => h.get().run_reporting(py, || h.bind(py).clone()),
+            Callback::Timer(t) => {
+                let base = t.bind(py).as_super();
+                base.get().run_reporting(py, || base.clone())
+            }
+            Callback::Native(_) => Ok(()),
+        }
     }
 
     /// Debug mode: expose the running handle as `_current_handle` and warn
@@ -418,7 +458,9 @@ impl LoopCore {
     /// traceback would otherwise tie the (GC-untracked) handle into a cycle.
     fn run_debug(slf: &Bound<'_, Self>, cb: &Callback) -> PyResult<()> {
         let py = slf.py();
-        let handle = cb.handle(py);
+        let Some(handle) = cb.handle(py) else {
+            return Ok(());
+        };
         slf.setattr(intern!(py, "_current_handle"), &handle)?;
         let t0 = monotonic();
         let outcome = Self::run_callback(py, cb);
@@ -522,6 +564,8 @@ impl LoopCore {
             watching_signals: AtomicBool::new(false),
             cancelled_timers: Arc::new(AtomicUsize::new(0)),
             self_ref: GilCell::new(None),
+            native_futures: AtomicBool::new(true),
+            task_factory: GilCell::new(None),
         })
     }
 
@@ -724,6 +768,73 @@ impl LoopCore {
         drop(dropped);
         self.cancelled_timers.store(0, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// A new future attached to this loop: ferroloop's native Future, or
+    /// asyncio's when the loop was made with `native_futures=False`.
+    fn create_future(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        if !slf.get().native_futures.load(Ordering::Relaxed) {
+            return Ok(slf.call_method0(intern!(py, "_create_future_py"))?.unbind());
+        }
+        let state = Future::init_state(py, slf.clone().into_any())?;
+        Ok(Py::new(py, Future { st: GilCell::new(state) })?.into_any())
+    }
+
+    /// Schedule a coroutine as a Task.  The common case (native tasks, no
+    /// task factory, not debug mode) is handled here; everything else by
+    /// the Python `_create_task_py`, which passes further keywords
+    /// (eager_start...) on to the Task or the task factory.
+    #[pyo3(signature = (coro, *, name=None, context=None, **kwargs))]
+    fn create_task(
+        slf: &Bound<'_, Self>,
+        coro: Bound<'_, PyAny>,
+        name: Option<Bound<'_, PyAny>>,
+        context: Option<Py<PyAny>>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed()?;
+        let plain_kwargs = kwargs.is_none_or(|k| k.is_empty());
+        let fast = plain_kwargs
+            && this.native_futures.load(Ordering::Relaxed)
+            && !this.is_debug()
+            && this.task_factory.borrow_mut(py)?.is_none();
+        if fast {
+            let name = name.filter(|n| !n.is_none());
+            return Ok(Task::create(py, slf.clone().into_any(), coro, name, context, None)?.into_any());
+        }
+        let all = PyDict::new(py);
+        if let Some(k) = kwargs {
+            all.update(k.as_mapping())?;
+        }
+        all.set_item(intern!(py, "name"), name)?;
+        all.set_item(intern!(py, "context"), context)?;
+        Ok(slf.call_method(intern!(py, "_create_task_py"), (coro,), Some(&all))?.unbind())
+    }
+
+    #[getter(_task_factory)]
+    fn task_factory_attr(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Ok(self.task_factory.borrow_mut(py)?.as_ref().map_or_else(|| py.None(), |f| f.clone_ref(py)))
+    }
+
+    #[setter(_task_factory)]
+    fn set_task_factory_attr(&self, py: Python<'_>, value: Option<Py<PyAny>>) -> PyResult<()> {
+        let value = value.filter(|v| !v.is_none(py));
+        let old = std::mem::replace(&mut *self.task_factory.borrow_mut(py)?, value);
+        drop(old);
+        Ok(())
+    }
+
+    #[getter(_native_futures)]
+    fn native_futures_attr(&self) -> bool {
+        self.native_futures.load(Ordering::Relaxed)
+    }
+
+    #[setter(_native_futures)]
+    fn set_native_futures_attr(&self, value: bool) {
+        self.native_futures.store(value, Ordering::Relaxed);
     }
 
     #[getter(_closed)]

@@ -12,7 +12,7 @@
 //! This reasoning only holds on GIL-enabled CPython builds, which is why the
 //! module does not declare free-threading support.
 
-use std::cell::{RefCell, RefMut};
+use std::cell::{Ref, RefCell, RefMut};
 
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
@@ -37,5 +37,20 @@ impl<T> GilCell<T> {
         self.0
             .try_borrow_mut()
             .map_err(|_| PyRuntimeError::new_err("ferroloop: re-entrant use of loop state"))
+    }
+
+    /// Read access for the garbage collector's traversal, which runs with the
+    /// GIL held but without a `Python` token.  None while a borrow is live:
+    /// skipping the visit then only makes the collector more conservative.
+    #[inline]
+    pub fn try_peek(&self) -> Option<Ref<'_, T>> {
+        self.0.try_borrow().ok()
+    }
+
+    /// Write access for `__clear__` (GIL held, no token); None while a borrow
+    /// is live (the object is then in use, so not garbage).
+    #[inline]
+    pub fn try_borrow_for_clear(&self) -> Option<RefMut<'_, T>> {
+        self.0.try_borrow_mut().ok()
     }
 }

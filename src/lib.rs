@@ -3,12 +3,18 @@
 
 use pyo3::prelude::*;
 
+mod asyncio_api;
+mod callbacks;
 mod clock;
 mod event_loop;
+mod finalizers;
+mod future;
 mod gil_cell;
 mod handles;
 mod hooks;
 mod poller;
+mod registry;
+mod task;
 pub mod scheduler;
 
 /// The loop's state is protected by the GIL (see gil_cell.rs), so the module
@@ -18,6 +24,13 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::LoopCore>()?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
+    m.add_class::<future::Future>()?;
+    m.add_class::<future::FutureIter>()?;
+    m.add_class::<task::Task>()?;
+    m.add_function(wrap_pyfunction!(registry::_native_tasks, m)?)?;
+    m.add_function(wrap_pyfunction!(registry::_native_task_count, m)?)?;
+    m.add_function(wrap_pyfunction!(registry::_is_registered, m)?)?;
+    finalizers::install(m.py())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

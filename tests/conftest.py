@@ -25,6 +25,22 @@ def on_ferroloop():
     return TARGET != "asyncio"
 
 
+def _classes(name):
+    classes = [getattr(asyncio, name)]
+    if on_ferroloop():
+        import ferroloop
+
+        classes.append(getattr(ferroloop, name))
+    return tuple(classes)
+
+
+# What create_future()/create_task() return on the loop under test: asyncio's
+# classes, plus ferroloop's native ones (which cannot subclass asyncio's C
+# classes, see the README).
+FUTURE_CLASSES = _classes("Future")
+TASK_CLASSES = _classes("Task")
+
+
 # Seconds after which a loop that should have stopped is stopped by force.
 WATCHDOG = 10.0
 

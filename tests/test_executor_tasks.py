@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from conftest import WATCHDOG, new_loop
+from conftest import TASK_CLASSES, WATCHDOG, new_loop
 
 
 
@@ -270,7 +270,7 @@ def test_create_task_runs_coroutine(loop):
         return x + 1
 
     task = loop.create_task(work(1))
-    assert isinstance(task, asyncio.Task)
+    assert isinstance(task, TASK_CLASSES)
     assert task.get_loop() is loop
     assert loop.run_until_complete(task) == 2
 

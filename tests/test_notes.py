@@ -23,7 +23,7 @@ import types
 
 import pytest
 
-from conftest import on_ferroloop
+from conftest import FUTURE_CLASSES, TASK_CLASSES, on_ferroloop
 
 # The notes sleep 1 s in the hello examples.  A shorter real sleep keeps the
 # suite quick and still leaves both tasks suspended in it together, which is
@@ -648,7 +648,7 @@ def test_future_result_and_callbacks(loop):
         loop.create_future(1)  # "this method takes no arguments"
 
     fut = loop.create_future()
-    assert isinstance(fut, asyncio.Future)
+    assert isinstance(fut, FUTURE_CLASSES)
     assert fut.get_loop() is loop
     assert not fut.done()
     # The notes gloss cancelled() as "cancel the Future"; it only asks.
@@ -717,7 +717,7 @@ def test_ensure_future(loop):
         return 'coro'
 
     task = asyncio.ensure_future(work(), loop=loop)
-    assert isinstance(task, asyncio.Task) and task.get_loop() is loop
+    assert isinstance(task, TASK_CLASSES) and task.get_loop() is loop
     assert loop.run_until_complete(task) == 'coro'
 
     fut = loop.create_future()
@@ -729,7 +729,7 @@ def test_ensure_future(loop):
             return 'awaitable'
 
     wrapped = asyncio.ensure_future(Awaitable(), loop=loop)
-    assert isinstance(wrapped, asyncio.Future)
+    assert isinstance(wrapped, FUTURE_CLASSES)
     assert loop.run_until_complete(wrapped) == 'awaitable'
 
     with pytest.raises(TypeError):
@@ -749,7 +749,7 @@ def test_wrap_future(loop):
 
         cf = pool.submit(worker)
         fut = asyncio.wrap_future(cf, loop=loop)
-        assert isinstance(fut, asyncio.Future) and fut.get_loop() is loop
+        assert isinstance(fut, FUTURE_CLASSES) and fut.get_loop() is loop
         loop.call_soon(gate.set)
         lost = []
         guard = loop.call_later(HANG_GUARD, lost.append, 'lost wake-up')

@@ -8,29 +8,42 @@ Three ways to use it::
 """
 import asyncio as _asyncio
 
-from ._ferroloop import Handle, TimerHandle, __version__
+from . import _registry
+from ._ferroloop import Future, Handle, Task, TimerHandle, __version__
 from ._loop import Loop
 
-__all__ = ('Loop', 'Handle', 'TimerHandle', 'new_event_loop', 'EventLoopPolicy',
-           'run', 'install', '__version__')
+del _registry  # imported for its effect: asyncio.all_tasks() sees native tasks
+
+__all__ = ('Loop', 'Future', 'Task', 'Handle', 'TimerHandle', 'new_event_loop',
+           'EventLoopPolicy', 'run', 'install', '__version__')
 
 
-def new_event_loop():
-    """Return a new ferroloop event loop."""
-    return Loop()
+def new_event_loop(*, native_futures=True):
+    """Return a new ferroloop event loop.
+
+    Its create_future() and create_task() make ferroloop's native Future and
+    Task; pass native_futures=False for asyncio's own classes (for code that
+    needs isinstance(x, asyncio.Future) or subclasses asyncio.Task).
+    """
+    return Loop(native_futures=native_futures)
 
 
 class EventLoopPolicy(_asyncio.DefaultEventLoopPolicy):
     """An event loop policy whose loops are ferroloop loops.
 
     Child watchers (Python 3.11/3.12) come from asyncio's default policy.
+    native_futures=False makes its loops use asyncio's own Future and Task.
     """
 
+    def __init__(self, *, native_futures=True):
+        super().__init__()
+        self._native_futures = native_futures
+
     def _loop_factory(self):
-        return Loop()
+        return Loop(native_futures=self._native_futures)
 
     def new_event_loop(self):
-        return Loop()
+        return Loop(native_futures=self._native_futures)
 
 
 def install():
@@ -38,12 +51,16 @@ def install():
     _asyncio.set_event_loop_policy(EventLoopPolicy())
 
 
-def run(main, *, debug=None):
+def run(main, *, debug=None, native_futures=True):
     """Run a coroutine on a new ferroloop loop and close it, like
     asyncio.run(): cancels leftover tasks, shuts down async generators and
     the default executor.  Works on Python 3.11 too."""
     if _asyncio.events._get_running_loop() is not None:
         raise RuntimeError(
             "asyncio.run() cannot be called from a running event loop")
-    with _asyncio.Runner(debug=debug, loop_factory=new_event_loop) as runner:
+
+    def loop_factory():
+        return Loop(native_futures=native_futures)
+
+    with _asyncio.Runner(debug=debug, loop_factory=loop_factory) as runner:
         return runner.run(main)

@@ -3,7 +3,7 @@ capture, argument checks and error reporting.  They reuse asyncio's own
 formatting helpers so ferroloop's messages read exactly like asyncio's.
 """
 import sys
-from asyncio import base_events, coroutines, format_helpers
+from asyncio import base_events, base_futures, base_tasks, coroutines, format_helpers
 from asyncio.log import logger
 
 _DEBUG_KWARG = sys.version_info >= (3, 13)
@@ -67,3 +67,59 @@ def warn_slow_callback(handle, seconds):
     """Debug mode: a callback ran longer than loop.slow_callback_duration."""
     logger.warning('Executing %s took %.3f seconds',
                    base_events._format_handle(handle), seconds)
+
+
+# -- native Future and Task ------------------------------------------------
+
+def future_repr_info(future):
+    return base_futures._future_repr_info(future)
+
+
+def task_repr_info(task):
+    return base_tasks._task_repr_info(task)
+
+
+def _repr(obj, info):
+    # 3.11 formats through the overridable _repr_info(); 3.12+ does not.
+    if sys.version_info < (3, 12):
+        info = obj._repr_info
+    return '<{} {}>'.format(obj.__class__.__name__, ' '.join(info()))
+
+
+def future_repr(future):
+    return _repr(future, lambda: base_futures._future_repr_info(future))
+
+
+def task_repr(task):
+    return _repr(task, lambda: base_tasks._task_repr_info(task))
+
+
+def task_get_stack(task, limit):
+    return base_tasks._task_get_stack(task, limit)
+
+
+def task_print_stack(task, limit, file):
+    return base_tasks._task_print_stack(task, limit, file)
+
+
+def report_never_retrieved(future):
+    """A failed future was freed before anyone asked for its exception."""
+    context = {
+        'message': f'{future.__class__.__name__} exception was never retrieved',
+        'exception': future._exception,
+        'future': future,
+    }
+    if future._source_traceback:
+        context['source_traceback'] = future._source_traceback
+    future._loop.call_exception_handler(context)
+
+
+def report_destroyed_pending(task):
+    """A task was freed while still pending."""
+    context = {
+        'task': task,
+        'message': 'Task was destroyed but it is pending!',
+    }
+    if task._source_traceback:
+        context['source_traceback'] = task._source_traceback
+    task._loop.call_exception_handler(context)

@@ -19,7 +19,7 @@ import signal
 import sys
 import threading
 import weakref
-from asyncio import base_events, coroutines, events, tasks, unix_events
+from asyncio import base_events, coroutines, events, futures, tasks, unix_events
 from asyncio.log import logger
 
 from . import _ferroloop
@@ -81,7 +81,10 @@ class _SelectorView(collections.abc.Mapping):
 class Loop(_ferroloop.LoopCore, unix_events.SelectorEventLoop):
     """An asyncio event loop whose scheduler and I/O polling run in Rust."""
 
-    def __init__(self):
+    def __init__(self, *, native_futures=True):
+        # create_future()/create_task() make ferroloop's native Future and
+        # Task; native_futures=False switches back to asyncio's own classes.
+        self._native_futures = bool(native_futures)
         # BaseEventLoop's attributes (debug flag, executor, asyncgen set,
         # task factory, exception handler...).  _closed, _stopping, _debug
         # and _thread_id are native properties it writes through.
@@ -153,13 +156,21 @@ class Loop(_ferroloop.LoopCore, unix_events.SelectorEventLoop):
 
     # -- tasks -----------------------------------------------------------
 
-    def create_task(self, coro, *, name=None, context=None, **kwargs):
-        """Schedule a coroutine as a Task.  Keywords other than name and
-        context (eager_start, ...) go to the Task or the task factory, as
-        CPython 3.13.4+ does."""
+    # create_future() and create_task() are native (LoopCore); these are
+    # their slow paths.
+
+    def _create_future_py(self):
+        return futures.Future(loop=self)
+
+    def _create_task_py(self, coro, *, name=None, context=None, **kwargs):
+        """create_task with a task factory, in debug mode, with asyncio's
+        classes, or with keywords other than name and context (eager_start,
+        ...), which go to the Task or the task factory as CPython 3.13.4+
+        passes them."""
         self._check_closed()
         if self._task_factory is None:
-            task = tasks.Task(coro, loop=self, name=name, context=context, **kwargs)
+            task_class = _ferroloop.Task if self._native_futures else tasks.Task
+            task = task_class(coro, loop=self, name=name, context=context, **kwargs)
             if task._source_traceback:
                 del task._source_traceback[-1]
             return task

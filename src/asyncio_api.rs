@@ -1,0 +1,125 @@
+//! The pieces of CPython's asyncio that native futures and tasks share with
+//! asyncio's own: its exception classes, the current-task table read by
+//! `asyncio.current_task()`, and the set of eagerly starting tasks (3.12+)
+//! read by `asyncio.all_tasks()`.  Looked up once per process.
+
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PySet, PyType};
+
+pub struct AsyncioApi {
+    pub cancelled_error: Py<PyType>,
+    pub invalid_state_error: Py<PyType>,
+    /// `asyncio.tasks._current_tasks`: loop -> running task.
+    pub current_tasks: Py<PyDict>,
+    /// `asyncio.tasks._eager_tasks` (3.12+).
+    pub eager_tasks: Option<Py<PySet>>,
+    pub iscoroutine: Py<PyAny>,
+    pub get_running_loop_or_none: Py<PyAny>,
+    pub get_event_loop_policy: Py<PyAny>,
+    pub generic_alias: Py<PyAny>,
+    /// 3.12+: eager tasks exist.
+    pub has_eager: bool,
+    /// 3.13+: `uncancel()` reaching zero also clears a pending cancellation.
+    pub uncancel_clears_must_cancel: bool,
+    /// 3.13+: `set_exception(StopIteration())` stores a RuntimeError caused
+    /// by it; before, it raised TypeError.
+    pub wraps_stop_iteration: bool,
+}
+
+static API: PyOnceLock<AsyncioApi> = PyOnceLock::new();
+
+pub fn api(py: Python<'_>) -> PyResult<&AsyncioApi> {
+    API.get_or_try_init(py, || {
+        let exceptions = py.import("asyncio.exceptions")?;
+        let tasks = py.import("asyncio.tasks")?;
+        let events = py.import("asyncio.events")?;
+        let version = py.version_info();
+        let has_eager = (version.major, version.minor) >= (3, 12);
+        let eager_tasks = if has_eager {
+            Some(tasks.getattr("_eager_tasks")?.cast_into::<PySet>()?.unbind())
+        } else {
+            None
+        };
+        Ok::<_, PyErr>(AsyncioApi {
+            cancelled_error: exceptions.getattr("CancelledError")?.cast_into::<PyType>()?.unbind(),
+            invalid_state_error: exceptions
+                .getattr("InvalidStateError")?
+                .cast_into::<PyType>()?
+                .unbind(),
+            current_tasks: tasks.getattr("_current_tasks")?.cast_into::<PyDict>()?.unbind(),
+            eager_tasks,
+            iscoroutine: py.import("asyncio.coroutines")?.getattr("iscoroutine")?.unbind(),
+            get_running_loop_or_none: events.getattr("_get_running_loop")?.unbind(),
+            get_event_loop_policy: events.getattr("get_event_loop_policy")?.unbind(),
+            generic_alias: py.import("types")?.getattr("GenericAlias")?.unbind(),
+            has_eager,
+            uncancel_clears_must_cancel: (version.major, version.minor) >= (3, 13),
+            wraps_stop_iteration: (version.major, version.minor) >= (3, 13),
+        })
+    })
+}
+
+impl AsyncioApi {
+    /// `asyncio.events.get_event_loop()` as asyncio's C Future does it: the
+    /// running loop, else the policy's loop.
+    pub fn get_event_loop<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let running = self.get_running_loop_or_none.bind(py).call0()?;
+        if !running.is_none() {
+            return Ok(running);
+        }
+        self.get_event_loop_policy.bind(py).call0()?.call_method0("get_event_loop")
+    }
+
+    /// asyncio's `_enter_task`.
+    pub fn enter_task(&self, loop_: &Bound<'_, PyAny>, task: &Bound<'_, PyAny>) -> PyResult<()> {
+        let current = self.current_tasks.bind(loop_.py());
+        if let Some(running) = current.get_item(loop_)? {
+            return Err(PyRuntimeError::new_err(format!(
+                "Cannot enter into task {} while another task {} is being executed.",
+                repr(task),
+                repr(&running)
+            )));
+        }
+        current.set_item(loop_, task)
+    }
+
+    /// asyncio's `_leave_task`.
+    pub fn leave_task(&self, loop_: &Bound<'_, PyAny>, task: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = loop_.py();
+        let current = self.current_tasks.bind(py);
+        match current.get_item(loop_)? {
+            Some(running) if running.is(task) => current.del_item(loop_),
+            other => Err(PyRuntimeError::new_err(format!(
+                "Leaving task {} does not match the current task {}.",
+                repr(task),
+                other.map_or_else(|| "None".to_owned(), |t| repr(&t))
+            ))),
+        }
+    }
+
+    /// asyncio's `_swap_current_task` (3.12+): make `task` (or nobody, for
+    /// None) current and return who was.
+    pub fn swap_current_task<'py>(
+        &self,
+        loop_: &Bound<'py, PyAny>,
+        task: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = loop_.py();
+        let current = self.current_tasks.bind(py);
+        let previous = current.get_item(loop_)?.unwrap_or_else(|| py.None().into_bound(py));
+        if task.is_none() {
+            if current.contains(loop_)? {
+                current.del_item(loop_)?;
+            }
+        } else {
+            current.set_item(loop_, task)?;
+        }
+        Ok(previous)
+    }
+}
+
+pub fn repr(obj: &Bound<'_, PyAny>) -> String {
+    obj.repr().map(|r| r.to_string()).unwrap_or_else(|_| "<object>".to_owned())
+}

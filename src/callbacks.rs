@@ -1,0 +1,124 @@
+//! Callbacks of native futures and tasks, as they sit in the ready queue.
+//!
+//! asyncio schedules a future's done callbacks, a task's steps and its
+//! wakeups with `loop.call_soon()`, one Handle each.  On a ferroloop loop
+//! they are these Rust values instead; they run exactly like the handle
+//! would (in their contextvars context, errors to the exception handler,
+//! SystemExit and KeyboardInterrupt out of the loop).  Everywhere else --
+//! another loop, or debug mode, whose handles carry source tracebacks and
+//! slow-callback timing -- `call_soon` turns them back into asyncio's calls.
+
+use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+
+use crate::future::DoneCallback;
+use crate::handles::{Handle, LoopRef};
+use crate::hooks::call_hook;
+use crate::task::{enter_context, exit_context, Task};
+
+pub enum NativeCallback {
+    /// `callback(future)` in `context`.
+    Done { callback: Py<PyAny>, future: Py<PyAny>, context: Py<PyAny> },
+    /// A task's awaited future is done.
+    Wakeup { task: Py<Task>, future: Py<PyAny> },
+    /// A task's next step, optionally throwing `exc` into the coroutine.
+    Step { task: Py<Task>, exc: Option<Py<PyAny>> },
+}
+
+impl NativeCallback {
+    pub fn from_done(cb: DoneCallback, future: Py<PyAny>) -> NativeCallback {
+        match cb {
+            DoneCallback::Python { callback, context } => NativeCallback::Done { callback, future, context },
+            DoneCallback::Wakeup(task) => NativeCallback::Wakeup { task, future },
+        }
+    }
+
+    /// The callable, argument and context `call_soon` would be given.
+    fn as_call<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>, Py<PyAny>)> {
+        Ok(match self {
+            NativeCallback::Done { callback, future, context } => (
+                callback.bind(py).clone(),
+                PyTuple::new(py, [future.clone_ref(py)])?,
+                context.clone_ref(py),
+            ),
+            NativeCallback::Wakeup { task, future } => (
+                task.bind(py).getattr(intern!(py, "_Task__wakeup"))?,
+                PyTuple::new(py, [future.clone_ref(py)])?,
+                task.get().context(py)?,
+            ),
+            NativeCallback::Step { task, exc } => (
+                task.bind(py).getattr(intern!(py, "_Task__step"))?,
+                match exc {
+                    Some(e) => PyTuple::new(py, [e.clone_ref(py)])?,
+                    None => PyTuple::empty(py),
+                },
+                task.get().context(py)?,
+            ),
+        })
+    }
+
+    /// Hand the callback to `loop.call_soon(..., context=...)`.
+    pub fn call_soon(self, py: Python<'_>, loop_: &Bound<'_, PyAny>) -> PyResult<()> {
+        let (callable, args, context) = self.as_call(py)?;
+        let mut all = vec![callable];
+        all.extend(args.iter());
+        let kwargs = PyDict::new(py);
+        kwargs.set_item(intern!(py, "context"), context)?;
+        loop_
+            .call_method(intern!(py, "call_soon"), PyTuple::new(py, all)?, Some(&kwargs))
+            .map(drop)
+    }
+
+    /// Run it (from the loop's ready queue), like `Handle._run`.
+    pub fn run(&self, py: Python<'_>, loop_: &Bound<'_, PyAny>) -> PyResult<()> {
+        let outcome = match self {
+            NativeCallback::Done { callback, future, context } => {
+                enter_context(py, context)?;
+                let r = callback.bind(py).call1((future,)).map(drop);
+                let exited = exit_context(py, context);
+                r.and(exited)
+            }
+            NativeCallback::Wakeup { task, future } => {
+                let ctx = task.get().context(py)?;
+                enter_context(py, &ctx)?;
+                let r = Task::wakeup(task.bind(py), future.bind(py));
+                let exited = exit_context(py, &ctx);
+                r.and(exited)
+            }
+            NativeCallback::Step { task, exc } => {
+                let ctx = task.get().context(py)?;
+                enter_context(py, &ctx)?;
+                let r = Task::step(task.bind(py), exc.as_ref().map(|e| e.bind(py).clone()));
+                let exited = exit_context(py, &ctx);
+                r.and(exited)
+            }
+        };
+        match outcome {
+            Err(err)
+                if !(err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py)) =>
+            {
+                self.report(py, loop_, err)
+            }
+            other => other,
+        }
+    }
+
+    /// The callback raised: report it with a handle describing it, as
+    /// asyncio's exception handler expects ("Exception in callback ...").
+    fn report(&self, py: Python<'_>, loop_: &Bound<'_, PyAny>, err: PyErr) -> PyResult<()> {
+        let (callable, args, context) = self.as_call(py)?;
+        let handle = Handle::create(
+            py,
+            callable.unbind(),
+            args.unbind(),
+            LoopRef::new(loop_),
+            Some(context),
+            false,
+            true,
+        )?;
+        let handle = Py::new(py, handle)?;
+        call_hook(py, "report_callback_error", (handle, err.into_value(py))).map(drop)
+    }
+}

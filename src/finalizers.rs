@@ -1,0 +1,270 @@
+//! Type slots pyo3 cannot express: finalizers of native futures and tasks,
+//! and the fast iteration slots of `await future` (at the end).
+//!
+//! asyncio reports a failed future nobody looked at ("Future exception was
+//! never retrieved") and a task freed while pending ("Task was destroyed but
+//! it is pending!") from the objects' `tp_finalize`.  pyo3 offers no
+//! `__del__`, so after the types are created we give them a `tp_finalize`
+//! and a `tp_dealloc` that runs it first (as CPython's own `subtype_dealloc`
+//! does) before pyo3's deallocation.  Python subclasses reach the same code
+//! through `__del__`.  CPython runs a finalizer once per object (the GC
+//! marks it finalized), whichever of collection or deallocation comes first.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+
+use pyo3::ffi;
+use pyo3::prelude::*;
+
+use crate::future::{Future, FutureIter, IterStep};
+use crate::hooks::call_hook;
+use crate::task::{report_if_destroyed_pending, Task};
+
+/// pyo3's deallocators, called after our finalizer.
+static FUTURE_DEALLOC: OnceLock<Option<ffi::destructor>> = OnceLock::new();
+static TASK_DEALLOC: OnceLock<Option<ffi::destructor>> = OnceLock::new();
+/// The slots are patched once per process (the type objects are too).
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+pub fn install(py: Python<'_>) -> PyResult<()> {
+    let future_type = py.get_type::<Future>();
+    let task_type = py.get_type::<Task>();
+    // SAFETY: both are live heap type objects created by pyo3 for our
+    // classes; no instance exists yet while the module initialises (the
+    // INSTALLED flag keeps a second initialisation from wrapping our own
+    // deallocator).  Writing slots of a heap type is what CPython's own
+    // type machinery does; PyType_Modified invalidates cached lookups.
+    if INSTALLED.swap(true, Ordering::SeqCst) {
+        return Ok(());
+    }
+    // Python subclasses get their finalizer from a `__del__` found on the
+    // MRO (CPython does not inherit tp_finalize into classes made by
+    // `class`).  It goes straight into the type's dict, not through
+    // setattr, which would also turn our own tp_finalize into a Python-level
+    // `__del__` call.
+    let report = future_type.getattr("_report_unfinished")?;
+    // SAFETY: `tp_dict` of a ready heap type is its attribute dict (a live
+    // dict object); PyDict_SetItemString does not steal references.
+    unsafe {
+        let dict = (*future_type.as_type_ptr()).tp_dict;
+        if dict.is_null() || ffi::PyDict_SetItemString(dict, c"__del__".as_ptr(), report.as_ptr()) < 0 {
+            return Err(PyErr::take(py).unwrap_or_else(|| {
+                pyo3::exceptions::PyRuntimeError::new_err("ferroloop: cannot install Future.__del__")
+            }));
+        }
+        ffi::PyType_Modified(future_type.as_type_ptr());
+    }
+    install_iter_slots(py)?;
+    unsafe {
+        add_finalizer(future_type.as_type_ptr(), &FUTURE_DEALLOC, future_dealloc);
+        add_finalizer(task_type.as_type_ptr(), &TASK_DEALLOC, task_dealloc);
+    }
+    Ok(())
+}
+
+/// Give `tp` our finalizer and a deallocator that runs it first, keeping
+/// pyo3's deallocator in `saved` for it to call.
+///
+/// # Safety
+/// `tp` is a live heap type with no instances yet (see install()).
+unsafe fn add_finalizer(
+    tp: *mut ffi::PyTypeObject,
+    saved: &OnceLock<Option<ffi::destructor>>,
+    dealloc: ffi::destructor,
+) {
+    // SAFETY: see the function's contract.
+    unsafe {
+        let _ = saved.set((*tp).tp_dealloc);
+        (*tp).tp_finalize = Some(finalize);
+        (*tp).tp_flags |= ffi::Py_TPFLAGS_HAVE_FINALIZE;
+        (*tp).tp_dealloc = Some(dealloc);
+        ffi::PyType_Modified(tp);
+    }
+}
+
+/// Run the finalizer, then pyo3's deallocation (unless it resurrected the
+/// object).
+///
+/// # Safety
+/// Called by CPython as `tp_dealloc`: `obj` is an instance of our type whose
+/// reference count reached zero, with the GIL held.
+unsafe fn dealloc_with(obj: *mut ffi::PyObject, inner: &OnceLock<Option<ffi::destructor>>) {
+    // SAFETY: `obj` is being deallocated (refcount 0), which is what
+    // PyObject_CallFinalizerFromDealloc requires; it returns -1 when the
+    // finalizer resurrected the object, which must then not be freed.
+    unsafe {
+        if ffi::PyObject_CallFinalizerFromDealloc(obj) < 0 {
+            return;
+        }
+        if let Some(Some(dealloc)) = inner.get() {
+            dealloc(obj);
+        }
+    }
+}
+
+unsafe extern "C" fn future_dealloc(obj: *mut ffi::PyObject) {
+    // SAFETY: see dealloc_with; CPython calls this as Future's tp_dealloc.
+    unsafe { dealloc_with(obj, &FUTURE_DEALLOC) }
+}
+
+unsafe extern "C" fn task_dealloc(obj: *mut ffi::PyObject) {
+    // SAFETY: see dealloc_with; CPython calls this as Task's tp_dealloc.
+    unsafe {
+        if ffi::PyObject_CallFinalizerFromDealloc(obj) < 0 {
+            return;
+        }
+        // A task freed while pending leaves the registry before its memory
+        // goes (the registry holds borrowed pointers).
+        let py = Python::assume_attached();
+        let task = Borrowed::from_ptr(py, obj).cast_unchecked::<Task>();
+        if crate::registry::unregister(py, task.get()).is_err() {
+            // Only fails on re-entrant use of the registry, which cannot
+            // happen here; leaking the memory is the safe fallback.
+            return;
+        }
+        dealloc_with(obj, &TASK_DEALLOC)
+    }
+}
+
+/// `tp_finalize`: never lets an error or a panic escape (both are reported
+/// as unraisable) and keeps any exception already being raised.
+unsafe extern "C" fn finalize(obj: *mut ffi::PyObject) {
+    // SAFETY: CPython calls tp_finalize with the GIL held and a live
+    // object (temporarily resurrected when called from deallocation).
+    let py = unsafe { Python::assume_attached() };
+    let saved = PyErr::take(py);
+    // SAFETY: `obj` is live for the duration of this call (see above).
+    let object = unsafe { Bound::from_borrowed_ptr(py, obj) };
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| report_unfinished(&object)));
+    match outcome {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => err.write_unraisable(py, Some(&object)),
+        Err(_) => {
+            pyo3::exceptions::PyRuntimeError::new_err("ferroloop: panic in a future's finalizer")
+                .write_unraisable(py, Some(&object))
+        }
+    }
+    drop(object);
+    if let Some(err) = saved {
+        err.restore(py);
+    }
+}
+
+pub fn report_unfinished(object: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = object.py();
+    if let Ok(task) = object.cast::<Task>() {
+        // As asyncio's weak reference is cleared before the finalizer runs:
+        // a task that is being destroyed is no longer listed, even if the
+        // report resurrects it (an exception handler keeping the context).
+        crate::registry::unregister(py, task.get())?;
+        report_if_destroyed_pending(task)?;
+    }
+    let fut = object.cast::<Future>()?;
+    let unretrieved = {
+        let mut st = fut.get().st.borrow_mut(py)?;
+        let unretrieved = st.log_traceback && st.exception.is_some() && st.loop_.is_some();
+        st.log_traceback = false;
+        unretrieved
+    };
+    if unretrieved {
+        call_hook(py, "report_never_retrieved", (fut,))?;
+    }
+    Ok(())
+}
+
+// -- `await future` ----------------------------------------------------------
+//
+// A coroutine awaiting a future calls the iterator's `tp_iternext` (3.12+)
+// or `am_send` (3.11's SEND opcode goes through PyIter_Send).  pyo3's
+// `__next__` can only end an iteration by raising a StopIteration it
+// builds as an instance (~400 ns per await); CPython's own FutureIter
+// returns the value through `am_send`, or sets StopIteration from the bare
+// value, which the interpreter reads back without instantiating anything
+// (3.11).  These slots do the same.
+
+/// CPython's Py_TPFLAGS_HAVE_AM_SEND (3.10+; pyo3-ffi leaves it out).
+const PY_TPFLAGS_HAVE_AM_SEND: std::ffi::c_ulong = 1 << 21;
+
+fn install_iter_slots(py: Python<'_>) -> PyResult<()> {
+    let tp = py.get_type::<FutureIter>().as_type_ptr();
+    // SAFETY: `tp` is FutureIter's live heap type, created by pyo3 with a
+    // `__next__`, so it is an iterator type; heap types always point
+    // tp_as_async at their own embedded PyAsyncMethods.  No instance exists
+    // yet while the module initialises (install() runs once).
+    unsafe {
+        (*tp).tp_iternext = Some(future_iter_next);
+        let as_async = (*tp).tp_as_async;
+        if !as_async.is_null() {
+            (*as_async).am_send = Some(future_iter_send);
+            (*tp).tp_flags |= PY_TPFLAGS_HAVE_AM_SEND;
+        }
+        ffi::PyType_Modified(tp);
+    }
+    Ok(())
+}
+
+fn advance(obj: *mut ffi::PyObject) -> PyResult<IterStep> {
+    // SAFETY: CPython calls the slots with the GIL held and `obj` a live
+    // instance of FutureIter (the slots belong to that type only).
+    let py = unsafe { Python::assume_attached() };
+    let it = unsafe { Bound::from_borrowed_ptr(py, obj) };
+    let it = it.cast::<FutureIter>()?;
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| it.get().advance(py))) {
+        Ok(step) => step,
+        Err(_) => Err(pyo3::exceptions::PyRuntimeError::new_err("ferroloop: panic in await")),
+    }
+}
+
+/// Raise StopIteration(value) the way CPython's generators do: the bare
+/// value when that is unambiguous, an instance otherwise.
+fn set_stop_iteration(py: Python<'_>, value: Py<PyAny>) {
+    let v = value.bind(py);
+    if v.is_instance_of::<pyo3::types::PyTuple>() || v.is_instance_of::<pyo3::exceptions::PyBaseException>() {
+        pyo3::exceptions::PyStopIteration::new_err((value,)).restore(py);
+    } else {
+        // SAFETY: both are live objects; PyErr_SetObject takes new
+        // references of its own.
+        unsafe { ffi::PyErr_SetObject(ffi::PyExc_StopIteration, v.as_ptr()) };
+    }
+}
+
+unsafe extern "C" fn future_iter_next(obj: *mut ffi::PyObject) -> *mut ffi::PyObject {
+    // SAFETY (for assume_attached): called by CPython with the GIL held.
+    let py = unsafe { Python::assume_attached() };
+    match advance(obj) {
+        Ok(IterStep::Yield(v)) => v.into_ptr(),
+        Ok(IterStep::Return(v)) => {
+            set_stop_iteration(py, v);
+            std::ptr::null_mut()
+        }
+        Err(e) => {
+            e.restore(py);
+            std::ptr::null_mut()
+        }
+    }
+}
+
+unsafe extern "C" fn future_iter_send(
+    obj: *mut ffi::PyObject,
+    _arg: *mut ffi::PyObject,
+    result: *mut *mut ffi::PyObject,
+) -> ffi::PySendResult {
+    // SAFETY (for assume_attached): called by CPython with the GIL held;
+    // `result` is a valid out-pointer (PyIter_Send's contract).
+    let py = unsafe { Python::assume_attached() };
+    match advance(obj) {
+        Ok(IterStep::Yield(v)) => {
+            unsafe { *result = v.into_ptr() };
+            ffi::PySendResult::PYGEN_NEXT
+        }
+        Ok(IterStep::Return(v)) => {
+            unsafe { *result = v.into_ptr() };
+            ffi::PySendResult::PYGEN_RETURN
+        }
+        Err(e) => {
+            e.restore(py);
+            unsafe { *result = std::ptr::null_mut() };
+            ffi::PySendResult::PYGEN_ERROR
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! The registry of pending native tasks, which `asyncio.all_tasks()` reads.
+//!
+//! asyncio lists tasks in a `weakref.WeakSet`: every task costs a weak
+//! reference object (one more object for the garbage collector to track)
+//! and, through `WeakSet.add`, a Python-level call.  Native tasks are listed
+//! here instead: a vector of borrowed pointers, each task knowing its slot,
+//! so adding and removing are O(1) with no allocation.  A task leaves when
+//! it finishes, or at the latest when it is deallocated (finalizers.rs), so
+//! every pointer here is a live task.  ferroloop's Python package lets
+//! asyncio's WeakSet iterate these too (`ferroloop._registry`).
+
+use std::sync::atomic::Ordering;
+
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::PyList;
+
+use crate::gil_cell::GilCell;
+use crate::task::Task;
+
+/// A borrowed pointer to a registered task.
+struct TaskPtr(*mut ffi::PyObject);
+
+// SAFETY: the pointer is only dereferenced with the GIL held (all access to
+// the registry goes through GilCell), and the task it points to stays
+// alive while registered (it unregisters itself before it is freed).
+unsafe impl Send for TaskPtr {}
+
+static TASKS: GilCell<Vec<TaskPtr>> = GilCell::new(Vec::new());
+
+/// List a pending task.
+pub fn register(task: &Bound<'_, Task>) -> PyResult<()> {
+    let py = task.py();
+    let slot = &task.get().registry_slot;
+    if slot.load(Ordering::Relaxed) != 0 {
+        return Ok(());
+    }
+    let mut tasks = TASKS.borrow_mut(py)?;
+    tasks.push(TaskPtr(task.as_ptr()));
+    slot.store(tasks.len(), Ordering::Relaxed);
+    Ok(())
+}
+
+/// Take a task off the list (no-op when it is not on it).
+pub fn unregister(py: Python<'_>, task: &Task) -> PyResult<()> {
+    let slot = task.registry_slot.swap(0, Ordering::Relaxed);
+    if slot == 0 {
+        return Ok(());
+    }
+    let index = slot - 1;
+    let mut tasks = TASKS.borrow_mut(py)?;
+    if index >= tasks.len() {
+        return Ok(());
+    }
+    tasks.swap_remove(index);
+    if let Some(moved) = tasks.get(index) {
+        // SAFETY: registered pointers are live Task instances (see the
+        // module docs), and we hold the GIL.
+        let moved = unsafe { Borrowed::from_ptr(py, moved.0) };
+        // SAFETY: only Task instances (exact or subclasses) are registered.
+        let moved = unsafe { moved.cast_unchecked::<Task>() };
+        moved.get().registry_slot.store(index + 1, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// Every registered task (of every loop), as strong references.
+#[pyfunction]
+pub fn _native_tasks(py: Python<'_>) -> PyResult<Bound<'_, PyList>> {
+    let tasks = TASKS.borrow_mut(py)?;
+    // SAFETY: registered pointers are live objects (see the module docs);
+    // PyList::new takes new references to them.
+    let items: Vec<Borrowed<'_, '_, PyAny>> =
+        tasks.iter().map(|t| unsafe { Borrowed::from_ptr(py, t.0) }).collect();
+    let list = PyList::new(py, items);
+    drop(tasks);
+    list
+}
+
+/// How many tasks are registered.
+#[pyfunction]
+pub fn _native_task_count(py: Python<'_>) -> PyResult<usize> {
+    Ok(TASKS.borrow_mut(py)?.len())
+}
+
+/// Whether `task` is registered.
+#[pyfunction]
+pub fn _is_registered(task: &Bound<'_, PyAny>) -> bool {
+    task.cast::<Task>().is_ok_and(|t| t.get().registry_slot.load(Ordering::Relaxed) != 0)
+}

@@ -1,0 +1,768 @@
+"""ferroloop's native Future and Task, method by method.
+
+Each test uses the classes the loop under test makes (``loop.create_future()``,
+``loop.create_task()``) or, where a class is needed, ``Future``/``Task`` below:
+ferroloop's native classes by default, asyncio's own with
+FERROLOOP_TEST_TARGET=asyncio -- which is how these tests were checked
+against asyncio's real behaviour.
+"""
+import asyncio
+import contextvars
+import gc
+import io
+import sys
+import types
+import weakref
+
+import pytest
+
+from conftest import new_loop, on_ferroloop
+
+if on_ferroloop():
+    import ferroloop
+
+    Future, Task = ferroloop.Future, ferroloop.Task
+else:
+    Future, Task = asyncio.Future, asyncio.Task
+
+PY312 = sys.version_info >= (3, 12)
+PY313 = sys.version_info >= (3, 13)
+
+
+def collect_errors(loop):
+    errors = []
+    loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))
+    return errors
+
+
+# -- Future ------------------------------------------------------------------
+
+def test_create_future_makes_the_native_class(loop):
+    fut = loop.create_future()
+    assert type(fut) is Future
+    assert asyncio.isfuture(fut)
+    assert fut.get_loop() is loop
+    assert not fut.done() and not fut.cancelled()
+
+
+def test_result_and_exception_before_done_raise_invalid_state(loop):
+    fut = loop.create_future()
+    with pytest.raises(asyncio.InvalidStateError):
+        fut.result()
+    with pytest.raises(asyncio.InvalidStateError):
+        fut.exception()
+
+
+def test_set_result(loop):
+    fut = loop.create_future()
+    fut.set_result(42)
+    assert fut.done() and not fut.cancelled()
+    assert fut.result() == 42
+    assert fut.exception() is None
+    with pytest.raises(asyncio.InvalidStateError):
+        fut.set_result(1)
+    with pytest.raises(asyncio.InvalidStateError):
+        fut.set_exception(ValueError())
+    assert not fut.cancel()
+
+
+def test_set_exception_instance_and_class(loop):
+    fut = loop.create_future()
+    err = ValueError("bad")
+    fut.set_exception(err)
+    assert fut.exception() is err
+    with pytest.raises(ValueError, match="bad"):
+        fut.result()
+    fut2 = loop.create_future()
+    fut2.set_exception(KeyError)
+    assert isinstance(fut2.exception(), KeyError)
+
+
+def test_set_exception_rejects_non_exceptions(loop):
+    fut = loop.create_future()
+    with pytest.raises(TypeError, match="invalid exception object"):
+        fut.set_exception(42)
+    assert not fut.done()
+
+
+def test_set_exception_stop_iteration(loop):
+    fut = loop.create_future()
+    if PY313:
+        # 3.13 stores a RuntimeError caused by the StopIteration.
+        fut.set_exception(StopIteration())
+        exc = fut.exception()
+        assert isinstance(exc, RuntimeError)
+        assert isinstance(exc.__cause__, StopIteration)
+    else:
+        with pytest.raises(TypeError, match="StopIteration .* cannot be raised"):
+            fut.set_exception(StopIteration)
+        assert not fut.done()
+
+
+def test_cancel_with_message(loop):
+    fut = loop.create_future()
+    assert fut.cancel("stop it")
+    assert fut.cancelled() and fut.done()
+    assert not fut.cancel()
+    with pytest.raises(asyncio.CancelledError) as info:
+        fut.result()
+    assert info.value.args == ("stop it",)
+    with pytest.raises(asyncio.CancelledError):
+        fut.exception()
+
+
+def test_done_callbacks_run_in_order_through_the_loop(loop):
+    fut = loop.create_future()
+    seen = []
+    fut.add_done_callback(lambda f: seen.append(("a", f.result())))
+    fut.add_done_callback(lambda f: seen.append(("b", f.result())))
+    fut.set_result(7)
+    assert seen == []  # scheduled, not called
+    loop.run_until_complete(asyncio.sleep(0))
+    assert seen == [("a", 7), ("b", 7)]
+
+
+def test_done_callback_added_after_completion_is_scheduled(loop):
+    fut = loop.create_future()
+    fut.set_result(1)
+    seen = []
+    fut.add_done_callback(seen.append)
+    assert seen == []
+    loop.run_until_complete(asyncio.sleep(0))
+    assert seen == [fut]
+
+
+def test_done_callback_context(loop):
+    var = contextvars.ContextVar("var", default="default")
+    ctx = contextvars.copy_context()
+    ctx.run(var.set, "in ctx")
+    fut = loop.create_future()
+    seen = []
+    fut.add_done_callback(lambda f: seen.append(var.get()), context=ctx)
+    var.set("at add time")
+    fut.add_done_callback(lambda f: seen.append(var.get()))
+    var.set("later")
+    fut.set_result(None)
+    loop.run_until_complete(asyncio.sleep(0))
+    assert seen == ["in ctx", "at add time"]
+
+
+def test_remove_done_callback_counts_removals(loop):
+    fut = loop.create_future()
+    seen = []
+
+    def a(f):
+        seen.append("a")
+
+    def b(f):
+        seen.append("b")
+
+    for cb in (a, b, a, a):
+        fut.add_done_callback(cb)
+    assert fut.remove_done_callback(a) == 3
+    assert fut.remove_done_callback(a) == 0
+    fut.set_result(None)
+    loop.run_until_complete(asyncio.sleep(0))
+    assert seen == ["b"]
+
+
+def test_done_callback_error_goes_to_the_exception_handler(loop):
+    errors = collect_errors(loop)
+    fut = loop.create_future()
+
+    def boom(f):
+        raise ZeroDivisionError("cb")
+
+    fut.add_done_callback(boom)
+    fut.set_result(None)
+    loop.run_until_complete(asyncio.sleep(0))
+    assert len(errors) == 1
+    assert errors[0]["message"].startswith("Exception in callback")
+    assert isinstance(errors[0]["exception"], ZeroDivisionError)
+
+
+def test_await_future(loop):
+    async def main():
+        fut = loop.create_future()
+        loop.call_soon(fut.set_result, "done")
+        return await fut
+
+    assert loop.run_until_complete(main()) == "done"
+
+
+def test_await_done_future_returns_at_once(loop):
+    fut = loop.create_future()
+    fut.set_result((1, 2))  # a tuple must come back whole
+
+    async def main():
+        return await fut
+
+    assert loop.run_until_complete(main()) == (1, 2)
+
+
+def test_future_iterator_protocol(loop):
+    fut = loop.create_future()
+    it = fut.__await__()
+    assert next(it) is fut  # pending: yields the future itself
+    assert fut._asyncio_future_blocking
+    with pytest.raises(RuntimeError, match="await wasn't used with future"):
+        next(it)
+    fut.set_result(3)
+    with pytest.raises(StopIteration) as info:
+        next(it)
+    assert info.value.value == 3
+    it2 = iter(fut)
+    with pytest.raises(StopIteration) as info:
+        it2.send(None)
+    assert info.value.value == 3
+    with pytest.raises(ValueError):
+        iter(fut).throw(ValueError("x"))
+
+
+def test_asyncio_future_blocking_attribute(loop):
+    fut = loop.create_future()
+    assert fut._asyncio_future_blocking is False
+    fut._asyncio_future_blocking = True
+    assert fut._asyncio_future_blocking is True
+    with pytest.raises(AttributeError):
+        del fut._asyncio_future_blocking
+
+
+def test_log_traceback_can_only_be_cleared(loop):
+    fut = loop.create_future()
+    fut.set_exception(ValueError())
+    assert fut._log_traceback
+    with pytest.raises(ValueError, match="can only be set to False"):
+        fut._log_traceback = True
+    fut._log_traceback = False
+    assert not fut._log_traceback
+
+
+def test_repr(loop):
+    fut = loop.create_future()
+    assert repr(fut) == f"<{type(fut).__name__} pending>"
+    fut.set_result(5)
+    assert repr(fut) == f"<{type(fut).__name__} finished result=5>"
+    cancelled = loop.create_future()
+    cancelled.cancel()
+    assert repr(cancelled) == f"<{type(fut).__name__} cancelled>"
+
+
+def test_generic_alias():
+    alias = Future[int]
+    assert alias.__origin__ is Future
+    assert alias.__args__ == (int,)
+
+
+def test_subclass_without_super_init_is_not_initialized(loop):
+    class Lazy(Future):
+        def __init__(self, *args, **kwargs):
+            pass
+
+    fut = Lazy(loop=loop)
+    with pytest.raises(RuntimeError, match="Future object is not initialized"):
+        fut.get_loop()
+
+
+def test_subclass_with_super_init(loop):
+    class Mine(Future):
+        def __init__(self, *, loop):
+            super().__init__(loop=loop)
+            self.extra = "kept"
+
+    fut = Mine(loop=loop)
+    fut.set_result(1)
+    assert fut.result() == 1 and fut.extra == "kept"
+
+
+def test_future_without_loop_uses_the_running_loop(loop):
+    async def main():
+        return Future().get_loop()
+
+    assert loop.run_until_complete(main()) is loop
+
+
+def test_unretrieved_exception_is_logged_when_freed(loop):
+    errors = collect_errors(loop)
+    fut = loop.create_future()
+    fut.set_exception(ValueError("lost"))
+    del fut
+    gc.collect()
+    assert len(errors) == 1
+    assert errors[0]["message"] == f"{Future.__name__} exception was never retrieved"
+    assert isinstance(errors[0]["exception"], ValueError)
+
+
+def test_retrieved_exception_is_not_logged(loop):
+    errors = collect_errors(loop)
+    fut = loop.create_future()
+    fut.set_exception(ValueError("seen"))
+    fut.exception()
+    del fut
+    gc.collect()
+    assert errors == []
+
+
+def test_unretrieved_exception_of_a_subclass_is_logged(loop):
+    class Sub(Future):
+        pass
+
+    errors = collect_errors(loop)
+    fut = Sub(loop=loop)
+    fut.set_exception(ValueError("lost"))
+    del fut
+    gc.collect()
+    assert [e["message"] for e in errors] == ["Sub exception was never retrieved"]
+
+
+def test_set_result_on_a_closed_loop_raises(loop):
+    fut = loop.create_future()
+    fut.add_done_callback(lambda f: None)
+    loop.close()
+    with pytest.raises(RuntimeError, match="Event loop is closed"):
+        fut.set_result(1)
+
+
+# -- Task --------------------------------------------------------------------
+
+async def _value(x):
+    await asyncio.sleep(0)
+    return x
+
+
+def test_create_task_makes_the_native_class(loop):
+    async def main():
+        task = loop.create_task(_value(1))
+        assert type(task) is Task
+        assert asyncio.isfuture(task)
+        return await task
+
+    assert loop.run_until_complete(main()) == 1
+
+
+def test_task_constructor(loop):
+    coro = _value(2)
+    task = Task(coro, loop=loop, name="direct")
+    assert task.get_coro() is coro
+    assert task.get_name() == "direct"
+    assert task.get_loop() is loop
+    assert loop.run_until_complete(task) == 2
+    assert task.done() and task.result() == 2
+
+
+def test_task_rejects_non_coroutines(loop):
+    with pytest.raises(TypeError, match="a coroutine was expected"):
+        Task(lambda: None, loop=loop)
+
+
+def test_task_names(loop):
+    async def main():
+        t1 = loop.create_task(_value(0))
+        t2 = loop.create_task(_value(0))
+        n1, n2 = t1.get_name(), t2.get_name()
+        assert n1.startswith("Task-") and n2 == f"Task-{int(n1[5:]) + 1}"
+        t1.set_name(123)
+        assert t1.get_name() == "123"
+        await asyncio.gather(t1, t2)
+
+    loop.run_until_complete(main())
+
+
+def test_task_context(loop):
+    var = contextvars.ContextVar("var", default="outer")
+    ctx = contextvars.copy_context()
+    ctx.run(var.set, "given")
+
+    async def read():
+        return var.get()
+
+    async def main():
+        t = loop.create_task(read(), context=ctx)
+        if PY312:  # Task.get_context() is new in 3.12
+            assert t.get_context() is ctx
+        return await t
+
+    assert loop.run_until_complete(main()) == "given"
+
+
+def test_task_set_result_and_set_exception_are_refused(loop):
+    task = loop.create_task(_value(0))
+    with pytest.raises(RuntimeError, match="Task does not support set_result operation"):
+        task.set_result(1)
+    with pytest.raises(RuntimeError, match="Task does not support set_exception operation"):
+        task.set_exception(ValueError())
+    loop.run_until_complete(task)
+
+
+def test_task_exception_keeps_its_traceback(loop):
+    async def fail():
+        raise KeyError("k")
+
+    task = loop.create_task(fail())
+    loop.run_until_complete(asyncio.wait([task]))
+    exc = task.exception()
+    assert isinstance(exc, KeyError)
+    assert exc.__traceback__ is not None
+
+
+def test_task_cancel_with_message_reaches_the_coroutine(loop):
+    seen = []
+
+    async def sleeper():
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError as exc:
+            seen.append(exc.args)
+            raise
+
+    async def main():
+        t = loop.create_task(sleeper())
+        await asyncio.sleep(0)
+        assert t.cancel("enough")
+        assert t.cancelling() == 1
+        with pytest.raises(asyncio.CancelledError):
+            await t
+        assert t.cancelled()
+
+    loop.run_until_complete(main())
+    assert seen == [("enough",)]
+
+
+def test_cancel_before_first_step(loop):
+    ran = []
+
+    async def never():
+        ran.append(True)
+
+    task = loop.create_task(never())
+    assert task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        loop.run_until_complete(task)
+    assert ran == []
+
+
+def test_uncancel(loop):
+    async def main():
+        t = loop.create_task(asyncio.sleep(10))
+        await asyncio.sleep(0)
+        t.cancel()
+        t.cancel()
+        assert t.cancelling() == 2
+        assert t.uncancel() == 1
+        assert t.uncancel() == 0
+        assert t.uncancel() == 0
+        with pytest.raises(asyncio.CancelledError):
+            await t
+
+    loop.run_until_complete(main())
+
+
+def test_cancel_swallowed_by_the_coroutine(loop):
+    async def stubborn():
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            return "kept going"
+
+    async def main():
+        t = loop.create_task(stubborn())
+        await asyncio.sleep(0)
+        t.cancel()
+        return await t
+
+    assert loop.run_until_complete(main()) == "kept going"
+
+
+def test_timeout_and_taskgroup_use_cancelling(loop):
+    async def main():
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.01):
+                await asyncio.sleep(10)
+        assert asyncio.current_task().cancelling() == 0
+        with pytest.raises(ExceptionGroup):
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(asyncio.sleep(10))
+                tg.create_task(_raise_later())
+
+    loop.run_until_complete(main())
+
+
+async def _raise_later():
+    await asyncio.sleep(0)
+    raise ValueError("in group")
+
+
+def test_current_task_and_all_tasks_see_native_tasks(loop):
+    async def child():
+        return asyncio.current_task()
+
+    async def main():
+        me = asyncio.current_task()
+        assert type(me) is Task
+        t = loop.create_task(child())
+        assert t in asyncio.all_tasks()
+        assert me in asyncio.all_tasks()
+        assert await t is t
+        assert t not in asyncio.all_tasks()
+
+    loop.run_until_complete(main())
+    assert asyncio.all_tasks(loop) == set()
+
+
+def test_get_stack_and_print_stack(loop):
+    async def main():
+        t = loop.create_task(asyncio.sleep(10))
+        await asyncio.sleep(0)
+        frames = t.get_stack()
+        assert frames and frames[-1].f_code.co_name == "sleep"
+        out = io.StringIO()
+        t.print_stack(file=out)
+        assert "Stack for" in out.getvalue()
+        t.cancel()
+
+    loop.run_until_complete(main())
+
+
+def test_task_repr(loop):
+    async def main():
+        t = loop.create_task(_value(1), name="shown")
+        r = repr(t)
+        assert r.startswith(f"<{type(t).__name__} pending name='shown' coro=<_value()")
+        await t
+        assert "finished" in repr(t) and "result=1" in repr(t)
+
+    loop.run_until_complete(main())
+
+
+def test_destroyed_pending_task_is_logged(loop):
+    errors = collect_errors(loop)
+
+    async def forever(fut):
+        await fut
+
+    fut = loop.create_future()
+    loop.create_task(forever(fut))
+    loop.run_until_complete(asyncio.sleep(0))
+    del fut  # nothing refers to the task any more, except its own cycle
+    gc.collect()
+    assert [e["message"] for e in errors] == ["Task was destroyed but it is pending!"]
+
+
+def test_native_task_awaits_asyncio_future_and_task(loop):
+    async def inner():
+        await asyncio.sleep(0)
+        return "inner"
+
+    async def main():
+        fut = asyncio.Future(loop=loop)
+        loop.call_soon(fut.set_result, "aio future")
+        got = [await fut]
+        got.append(await asyncio.Task(inner(), loop=loop))
+        return got
+
+    assert loop.run_until_complete(main()) == ["aio future", "inner"]
+
+
+def test_asyncio_task_awaits_native_future(loop):
+    async def main():
+        fut = loop.create_future()
+        loop.call_soon(fut.set_result, "native")
+        return await fut
+
+    task = asyncio.Task(main(), loop=loop)
+    assert loop.run_until_complete(task) == "native"
+
+
+def test_generator_based_coroutine(loop):
+    @types.coroutine
+    def legacy():
+        value = yield from asyncio.sleep(0, result="legacy")
+        return value
+
+    async def run_legacy():
+        # Since 3.12 a Task only takes real coroutines; awaiting a
+        # generator-based one works everywhere.
+        return await legacy()
+
+    async def main():
+        return await loop.create_task(run_legacy())
+
+    assert loop.run_until_complete(main()) == "legacy"
+
+
+def test_bad_yields_fail_the_task(loop):
+    @types.coroutine
+    def bad_value():
+        yield 42
+
+    @types.coroutine
+    def bare_generator():
+        yield (x for x in ())
+
+    @types.coroutine
+    def non_blocking_future():
+        fut = loop.create_future()
+        yield fut  # not through `await`: _asyncio_future_blocking is False
+
+    async def awaiting(gen_coro):
+        await gen_coro()
+
+    t1 = loop.create_task(awaiting(bad_value))
+    t2 = loop.create_task(awaiting(bare_generator))
+    t3 = loop.create_task(awaiting(non_blocking_future))
+    loop.run_until_complete(asyncio.wait([t1, t2, t3]))
+    with pytest.raises(RuntimeError, match="Task got bad yield: 42"):
+        t1.result()
+    with pytest.raises(RuntimeError, match="yield was used instead of yield from for generator"):
+        t2.result()
+    with pytest.raises(RuntimeError, match="yield was used instead of yield from in task"):
+        t3.result()
+
+
+def test_task_awaiting_itself_fails(loop):
+    async def main():
+        return await asyncio.current_task()
+
+    task = loop.create_task(main())
+    loop.run_until_complete(asyncio.wait([task]))
+    with pytest.raises(RuntimeError, match="Task cannot await on itself"):
+        task.result()
+
+
+def test_future_of_another_loop_fails_the_task(loop):
+    other = new_loop()
+    try:
+        foreign = other.create_future()
+
+        async def main():
+            await foreign
+
+        task = loop.create_task(main())
+        loop.run_until_complete(asyncio.wait([task]))
+        with pytest.raises(RuntimeError, match="attached to a different loop"):
+            task.result()
+    finally:
+        other.close()
+
+
+def test_asyncio_helpers_work_with_native_tasks(loop):
+    async def main():
+        a = loop.create_task(_value("a"))
+        b = loop.create_task(_value("b"))
+        assert await asyncio.gather(a, b) == ["a", "b"]
+        assert await asyncio.shield(loop.create_task(_value("s"))) == "s"
+        assert await asyncio.wait_for(_value("w"), 1) == "w"
+        done, pending = await asyncio.wait([loop.create_task(_value(1))])
+        assert not pending and done.pop().result() == 1
+        results = [await f for f in asyncio.as_completed([_value(1), _value(2)])]
+        assert sorted(results) == [1, 2]
+        assert await loop.run_in_executor(None, lambda: "exec") == "exec"
+        return "ok"
+
+    assert loop.run_until_complete(main()) == "ok"
+
+
+def test_run_coroutine_threadsafe(loop):
+    import threading
+
+    result = []
+
+    def worker():
+        cf = asyncio.run_coroutine_threadsafe(_value("from thread"), loop)
+        result.append(cf.result(timeout=10))
+        loop.call_soon_threadsafe(loop.stop)
+
+    th = threading.Thread(target=worker)
+    th.start()
+    loop.run_forever()
+    th.join()
+    assert result == ["from thread"]
+
+
+@pytest.mark.skipif(not PY312, reason="eager tasks are new in Python 3.12")
+def test_eager_start(loop):
+    steps = []
+
+    async def eager():
+        steps.append("ran")
+        return "eager"
+
+    async def main():
+        t = Task(eager(), loop=loop, eager_start=True)
+        steps.append("created")
+        assert t.done() and t.result() == "eager"
+        factory = asyncio.create_eager_task_factory(Task)
+        loop.set_task_factory(factory)
+        t2 = loop.create_task(_value("later"))
+        assert type(t2) is Task and not t2.done()
+        assert await t2 == "later"
+
+    loop.run_until_complete(main())
+    assert steps == ["ran", "created"]
+
+
+def test_finished_task_is_freed_without_the_garbage_collector(loop):
+    async def main():
+        t = loop.create_task(_value(1))
+        await t
+        return weakref.ref(t)
+
+    gc.disable()
+    try:
+        ref = loop.run_until_complete(main())
+        assert ref() is None
+    finally:
+        gc.enable()
+
+
+def test_a_million_tasks_leave_no_memory_behind(loop):
+    async def tiny(i):
+        return i
+
+    async def batch(n):
+        create_task = loop.create_task
+        return await asyncio.gather(*[create_task(tiny(i)) for i in range(n)])
+
+    loop.run_until_complete(batch(1000))  # warm up free lists and caches
+    gc.collect()
+    before = sys.getallocatedblocks()
+    total = 0
+    for _ in range(100):
+        total += len(loop.run_until_complete(batch(10_000)))
+    gc.collect()
+    after = sys.getallocatedblocks()
+    assert total == 1_000_000
+    # A leak of even one object per task would be a million blocks.
+    assert after - before < 2000
+
+
+# -- switching back to asyncio's classes --------------------------------------
+
+@pytest.mark.skipif(not on_ferroloop(), reason="ferroloop's switch")
+def test_native_futures_false_uses_asyncios_classes():
+    lp = ferroloop.new_event_loop(native_futures=False)
+    try:
+        fut = lp.create_future()
+        assert isinstance(fut, asyncio.Future)
+
+        async def main():
+            return type(asyncio.current_task())
+
+        assert issubclass(lp.run_until_complete(main()), asyncio.Task)
+    finally:
+        lp.close()
+
+
+@pytest.mark.skipif(not on_ferroloop(), reason="ferroloop's switch")
+def test_switch_through_run_and_the_policy():
+    async def main():
+        return isinstance(asyncio.current_task(), asyncio.Task)
+
+    assert ferroloop.run(main(), native_futures=False) is True
+    assert ferroloop.run(main()) is False
+    policy = ferroloop.EventLoopPolicy(native_futures=False)
+    lp = policy.new_event_loop()
+    try:
+        assert isinstance(lp.create_future(), asyncio.Future)
+    finally:
+        lp.close()
