@@ -158,7 +158,10 @@ for _ferro, _c in (("FerroFutureTests", "CFutureTests"),
                    ("FerroTask_FerroFuture_Tests", "CTask_CFuture_Tests"),
                    ("FerroTask_CFuture_Tests", "CTask_PyFuture_Tests"),
                    ("CTask_FerroFuture_Tests", "CTask_PyFuture_Tests"),
-                   ("FerroCurrentLoopTests", "CCurrentLoopTests")):
+                   ("FerroCurrentLoopTests", "CCurrentLoopTests"),
+                   ("FerroEagerTaskFactoryLoopTests", "CEagerTaskFactoryLoopTests"),
+                   ("NonEagerFerroTaskTests", "NonEagerCTaskTests"),
+                   ("EagerFerroTaskTests", "EagerCTaskTests")):
     BASELINE_ALIASES[f".{_ferro}."] = f".{_c}."
 del _ferro, _c
 

@@ -271,6 +271,8 @@ def patch_test_events(mod, ferroloop):
 #   test_tasks.FerroTask_CFuture_Tests      CTask_PyFuture_Tests (interop)
 #   test_tasks.CTask_FerroFuture_Tests      CTask_PyFuture_Tests (interop)
 #   test_tasks.FerroCurrentLoopTests        CCurrentLoopTests
+#   test_eager_task_factory.FerroEagerTaskFactoryLoopTests, NonEagerFerroTaskTests,
+#   EagerFerroTaskTests                     the CTask variants
 
 def _variant(mod, name, base, attrs):
     attrs = dict(attrs, __module__=mod.__name__, __qualname__=name)
@@ -322,6 +324,13 @@ def patch_native_future_variants(mod, ferroloop):
         setattr(mod, fresh.__name__, mod.add_subclass_tests(fresh))
         _variant(mod, "FerroCurrentLoopTests", mod.CCurrentLoopTests,
                  {"new_task": lambda self, coro: Task(coro, loop=self.loop)})
+    elif short == "test_eager_task_factory":
+        _variant(mod, "FerroEagerTaskFactoryLoopTests",
+                 mod.CEagerTaskFactoryLoopTests, {"Task": Task})
+        _variant(mod, "NonEagerFerroTaskTests", mod.NonEagerCTaskTests,
+                 {"Task": Task})
+        _variant(mod, "EagerFerroTaskTests", mod.EagerCTaskTests,
+                 {"Task": Task})
 
 
 # Fixture adapters (both modes, so the comparison stays symmetric).
@@ -567,7 +576,7 @@ def main(argv=None):
     if ferro is not None and short == "test_events":
         patch_test_events(mod, ferro)
     if ferro is not None and short in ("test_futures", "test_futures2",
-                                       "test_tasks"):
+                                       "test_tasks", "test_eager_task_factory"):
         patch_native_future_variants(mod, ferro)
     adapted = None
     if args.adapters and short in ADAPTERS:

@@ -4,6 +4,7 @@
 //! read by `asyncio.all_tasks()`.  Looked up once per process.
 
 use pyo3::exceptions::PyRuntimeError;
+use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PySet, PyType};
@@ -72,30 +73,58 @@ impl AsyncioApi {
         self.get_event_loop_policy.bind(py).call0()?.call_method0("get_event_loop")
     }
 
-    /// asyncio's `_enter_task`.
+    /// asyncio's `_enter_task` (one dict lookup and one store, without
+    /// the reference traffic of pyo3's dict wrappers: it runs every step).
     pub fn enter_task(&self, loop_: &Bound<'_, PyAny>, task: &Bound<'_, PyAny>) -> PyResult<()> {
-        let current = self.current_tasks.bind(loop_.py());
-        if let Some(running) = current.get_item(loop_)? {
-            return Err(PyRuntimeError::new_err(format!(
-                "Cannot enter into task {} while another task {} is being executed.",
-                repr(task),
-                repr(&running)
-            )));
+        let py = loop_.py();
+        let dict = self.current_tasks.as_ptr();
+        // SAFETY: `dict` is a live dict and `loop_`/`task` live objects;
+        // PyDict_GetItemWithError returns a borrowed reference or NULL (with
+        // an exception set only on error); PyDict_SetItem does not steal.
+        unsafe {
+            let running = ffi::PyDict_GetItemWithError(dict, loop_.as_ptr());
+            if !running.is_null() {
+                let running = Borrowed::from_ptr(py, running).to_owned();
+                return Err(PyRuntimeError::new_err(format!(
+                    "Cannot enter into task {} while another task {} is being executed.",
+                    repr(task),
+                    repr(&running)
+                )));
+            }
+            if ffi::PyErr_Occurred().is_null() && ffi::PyDict_SetItem(dict, loop_.as_ptr(), task.as_ptr()) == 0 {
+                return Ok(());
+            }
         }
-        current.set_item(loop_, task)
+        Err(PyErr::fetch(py))
     }
 
     /// asyncio's `_leave_task`.
     pub fn leave_task(&self, loop_: &Bound<'_, PyAny>, task: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = loop_.py();
-        let current = self.current_tasks.bind(py);
-        match current.get_item(loop_)? {
-            Some(running) if running.is(task) => current.del_item(loop_),
-            other => Err(PyRuntimeError::new_err(format!(
+        let dict = self.current_tasks.as_ptr();
+        // SAFETY: as in enter_task; the borrowed `running` is only compared
+        // (or turned into an owned reference) before the dict changes.
+        unsafe {
+            let running = ffi::PyDict_GetItemWithError(dict, loop_.as_ptr());
+            if running == task.as_ptr() {
+                if ffi::PyDict_DelItem(dict, loop_.as_ptr()) == 0 {
+                    return Ok(());
+                }
+                return Err(PyErr::fetch(py));
+            }
+            if !ffi::PyErr_Occurred().is_null() {
+                return Err(PyErr::fetch(py));
+            }
+            let current = if running.is_null() {
+                "None".to_owned()
+            } else {
+                repr(&Borrowed::from_ptr(py, running).to_owned())
+            };
+            Err(PyRuntimeError::new_err(format!(
                 "Leaving task {} does not match the current task {}.",
                 repr(task),
-                other.map_or_else(|| "None".to_owned(), |t| repr(&t))
-            ))),
+                current
+            )))
         }
     }
 

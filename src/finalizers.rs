@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use pyo3::ffi;
 use pyo3::prelude::*;
 
-use crate::future::{Future, FutureIter, IterStep};
+use crate::future::{Future, FutureIter, IterStep, ITER_POOL, ITER_POOL_MAX};
 use crate::hooks::call_hook;
 use crate::task::{report_if_destroyed_pending, Task};
 
@@ -92,14 +92,37 @@ unsafe fn dealloc_with(obj: *mut ffi::PyObject, inner: &OnceLock<Option<ffi::des
     // SAFETY: `obj` is being deallocated (refcount 0), which is what
     // PyObject_CallFinalizerFromDealloc requires; it returns -1 when the
     // finalizer resurrected the object, which must then not be freed.
+    // Most futures have nothing to report: they skip the finalizer call
+    // (and its exception save/restore) altogether.
     unsafe {
-        if ffi::PyObject_CallFinalizerFromDealloc(obj) < 0 {
+        if needs_finalizer(obj) && ffi::PyObject_CallFinalizerFromDealloc(obj) < 0 {
             return;
         }
         if let Some(Some(dealloc)) = inner.get() {
             dealloc(obj);
         }
     }
+}
+
+/// Whether the finalizer has anything to do for this future or task: an
+/// unretrieved exception, or a task still pending.  A borrow in progress
+/// (impossible at deallocation) counts as yes, the safe answer.
+///
+/// # Safety
+/// `obj` is a live Future (or subclass) instance; the GIL is held.
+unsafe fn needs_finalizer(obj: *mut ffi::PyObject) -> bool {
+    // SAFETY: see the function's contract.
+    let py = unsafe { Python::assume_attached() };
+    let fut = unsafe { Borrowed::from_ptr(py, obj).cast_unchecked::<Future>() };
+    let Some(st) = fut.get().st.try_peek() else {
+        return true;
+    };
+    if st.log_traceback {
+        return true;
+    }
+    let pending = st.phase == crate::future::Phase::Pending && st.loop_.is_some();
+    drop(st);
+    pending && fut.cast::<Task>().is_ok()
 }
 
 unsafe extern "C" fn future_dealloc(obj: *mut ffi::PyObject) {
@@ -110,7 +133,7 @@ unsafe extern "C" fn future_dealloc(obj: *mut ffi::PyObject) {
 unsafe extern "C" fn task_dealloc(obj: *mut ffi::PyObject) {
     // SAFETY: see dealloc_with; CPython calls this as Task's tp_dealloc.
     unsafe {
-        if ffi::PyObject_CallFinalizerFromDealloc(obj) < 0 {
+        if needs_finalizer(obj) && ffi::PyObject_CallFinalizerFromDealloc(obj) < 0 {
             return;
         }
         // A task freed while pending leaves the registry before its memory
@@ -192,6 +215,8 @@ fn install_iter_slots(py: Python<'_>) -> PyResult<()> {
     // tp_as_async at their own embedded PyAsyncMethods.  No instance exists
     // yet while the module initialises (install() runs once).
     unsafe {
+        let _ = ITER_DEALLOC.set((*tp).tp_dealloc);
+        (*tp).tp_dealloc = Some(future_iter_dealloc);
         (*tp).tp_iternext = Some(future_iter_next);
         let as_async = (*tp).tp_as_async;
         if !as_async.is_null() {
@@ -199,8 +224,69 @@ fn install_iter_slots(py: Python<'_>) -> PyResult<()> {
             (*tp).tp_flags |= PY_TPFLAGS_HAVE_AM_SEND;
         }
         ffi::PyType_Modified(tp);
+        // `await fut` / `iter(fut)` straight into FutureIter::over, without
+        // pyo3's method trampoline.
+        let tp = py.get_type::<Future>().as_type_ptr();
+        let as_async = (*tp).tp_as_async;
+        if !as_async.is_null() {
+            (*as_async).am_await = Some(future_await);
+        }
+        (*tp).tp_iter = Some(future_await);
+        ffi::PyType_Modified(tp);
     }
     Ok(())
+}
+
+unsafe extern "C" fn future_await(obj: *mut ffi::PyObject) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls am_await/tp_iter with the GIL held on a live
+    // instance of Future or a subclass (the slots are Future's).
+    let py = unsafe { Python::assume_attached() };
+    let fut = unsafe { Bound::from_borrowed_ptr(py, obj).cast_into_unchecked::<Future>() };
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| FutureIter::over(&fut)));
+    match outcome {
+        Ok(Ok(it)) => it.into_ptr(),
+        Ok(Err(e)) => {
+            e.restore(py);
+            std::ptr::null_mut()
+        }
+        Err(_) => {
+            pyo3::exceptions::PyRuntimeError::new_err("ferroloop: panic in __await__").restore(py);
+            std::ptr::null_mut()
+        }
+    }
+}
+
+static ITER_DEALLOC: OnceLock<Option<ffi::destructor>> = OnceLock::new();
+
+/// FutureIter's deallocator: an exact FutureIter goes back to the pool
+/// (future.rs) instead of being freed, as CPython's own FutureIter does.
+unsafe extern "C" fn future_iter_dealloc(obj: *mut ffi::PyObject) {
+    // SAFETY: CPython calls tp_dealloc with the GIL held, for a FutureIter
+    // (or subclass; there are none, the type is final) whose reference count
+    // reached zero.  Setting it back to one and keeping that reference in the
+    // pool revives it as an ordinary live object: it has no weak references
+    // (the type does not support them), stays tracked by the GC (traversal
+    // visits its now empty slot) and nothing else refers to it.
+    unsafe {
+        let py = Python::assume_attached();
+        let exact = crate::native_types::is_future_iter_type(ffi::Py_TYPE(obj));
+        if exact {
+            if let Ok(mut pool) = ITER_POOL.borrow_mut(py) {
+                if pool.len() < ITER_POOL_MAX {
+                    ffi::Py_IncRef(obj); // 0 -> 1: the pool's reference
+                    let it = Bound::from_owned_ptr(py, obj).cast_into_unchecked::<FutureIter>().unbind();
+                    let fut = it.get().take_future();
+                    pool.push(it);
+                    drop(pool);
+                    drop(fut); // may run Python code: after the pool borrow ends
+                    return;
+                }
+            }
+        }
+        if let Some(Some(dealloc)) = ITER_DEALLOC.get() {
+            dealloc(obj);
+        }
+    }
 }
 
 fn advance(obj: *mut ffi::PyObject) -> PyResult<IterStep> {
@@ -208,7 +294,8 @@ fn advance(obj: *mut ffi::PyObject) -> PyResult<IterStep> {
     // instance of FutureIter (the slots belong to that type only).
     let py = unsafe { Python::assume_attached() };
     let it = unsafe { Bound::from_borrowed_ptr(py, obj) };
-    let it = it.cast::<FutureIter>()?;
+    // SAFETY: these slots are FutureIter's, a final type (no subclasses).
+    let it = unsafe { it.cast_unchecked::<FutureIter>() };
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| it.get().advance(py))) {
         Ok(step) => step,
         Err(_) => Err(pyo3::exceptions::PyRuntimeError::new_err("ferroloop: panic in await")),

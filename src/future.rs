@@ -206,9 +206,11 @@ impl Future {
             let loop_ = st.loop_.as_ref().map(|l| l.clone_ref(py)).ok_or_else(not_initialized)?;
             (std::mem::take(&mut st.callbacks), loop_, st.native_loop)
         };
-        if let Ok(task) = slf.cast::<Task>() {
-            // A done task is never listed by all_tasks().
-            crate::registry::unregister(py, task.get())?;
+        if !crate::native_types::is_exact_future(slf.as_any()) {
+            if let Ok(task) = slf.cast::<Task>() {
+                // A done task is never listed by all_tasks().
+                crate::registry::unregister(py, task.get())?;
+            }
         }
         let loop_ = loop_.bind(py);
         for cb in callbacks {
@@ -331,10 +333,9 @@ impl Future {
 
     /// Whether `obj` is exactly a native Future or Task (not a subclass):
     /// only then may its methods be bypassed, as asyncio's C code does.
+    #[inline]
     pub fn is_exact_native(obj: &Bound<'_, PyAny>) -> bool {
-        let py = obj.py();
-        let tp = obj.get_type();
-        tp.is(py.get_type::<Future>()) || tp.is(py.get_type::<Task>())
+        crate::native_types::is_exact_future(obj) || crate::native_types::is_exact_task(obj)
     }
 }
 
@@ -477,12 +478,12 @@ impl Future {
         self.make_cancelled_error(py)
     }
 
-    fn __await__(slf: &Bound<'_, Self>) -> FutureIter {
-        FutureIter { future: GilCell::new(Some(slf.clone().unbind())) }
+    fn __await__(slf: &Bound<'_, Self>) -> PyResult<Py<FutureIter>> {
+        FutureIter::over(slf)
     }
 
-    fn __iter__(slf: &Bound<'_, Self>) -> FutureIter {
-        FutureIter { future: GilCell::new(Some(slf.clone().unbind())) }
+    fn __iter__(slf: &Bound<'_, Self>) -> PyResult<Py<FutureIter>> {
+        FutureIter::over(slf)
     }
 
     #[classmethod]
@@ -669,7 +670,30 @@ pub enum IterStep {
     Return(Py<PyAny>),
 }
 
+/// Finished iterators kept for reuse (see finalizers.rs, which fills it
+/// from FutureIter's deallocator), like CPython's own free list of them:
+/// an `await` then costs no allocation.  GIL-protected (gil_cell.rs).
+pub static ITER_POOL: GilCell<Vec<Py<FutureIter>>> = GilCell::new(Vec::new());
+pub const ITER_POOL_MAX: usize = 256;
+
 impl FutureIter {
+    /// An iterator over `fut`, from the pool when it has one.
+    pub fn over(fut: &Bound<'_, Future>) -> PyResult<Py<FutureIter>> {
+        let py = fut.py();
+        let pooled = ITER_POOL.borrow_mut(py)?.pop();
+        if let Some(it) = pooled {
+            let old = it.get().future.borrow_mut(py)?.replace(fut.clone().unbind());
+            drop(old);
+            return Ok(it);
+        }
+        Py::new(py, FutureIter { future: GilCell::new(Some(fut.clone().unbind())) })
+    }
+
+    /// Empty the iterator for the pool; the caller drops the future.
+    pub fn take_future(&self) -> Option<Py<Future>> {
+        self.future.try_borrow_for_clear().and_then(|mut f| f.take())
+    }
+
     pub fn advance(&self, py: Python<'_>) -> PyResult<IterStep> {
         let Some(fut) = self.future.borrow_mut(py)?.as_ref().map(|f| f.clone_ref(py)) else {
             return Err(PyStopIteration::new_err(()));

@@ -12,6 +12,7 @@ mod future;
 mod gil_cell;
 mod handles;
 mod hooks;
+mod native_types;
 mod poller;
 mod registry;
 mod task;
@@ -30,6 +31,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(registry::_native_tasks, m)?)?;
     m.add_function(wrap_pyfunction!(registry::_native_task_count, m)?)?;
     m.add_function(wrap_pyfunction!(registry::_is_registered, m)?)?;
+    native_types::init(m.py());
     finalizers::install(m.py())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -102,10 +102,10 @@ fn is_fatal(py: Python<'_>, err: &PyErr) -> bool {
 /// through its `cancel` method, as asyncio's C Task does.
 fn cancel_any(obj: &Bound<'_, PyAny>, msg: Option<Py<PyAny>>) -> PyResult<bool> {
     let py = obj.py();
-    if obj.get_type().is(py.get_type::<Task>()) {
+    if crate::native_types::is_exact_task(obj) {
         return Task::cancel_impl(obj.cast::<Task>()?, msg);
     }
-    if obj.get_type().is(py.get_type::<Future>()) {
+    if crate::native_types::is_exact_future(obj) {
         return Future::cancel_impl(obj.cast::<Future>()?, msg);
     }
     let msg = msg.unwrap_or_else(|| py.None());
@@ -269,7 +269,12 @@ impl Task {
             ));
         }
         let mut exc = exc;
-        let must_cancel = slf.get().t.borrow_mut(py)?.must_cancel;
+        let (must_cancel, coro, waiter) = {
+            let mut t = slf.get().t.borrow_mut(py)?;
+            let must_cancel = std::mem::replace(&mut t.must_cancel, false);
+            (must_cancel, t.coro.as_ref().map(|c| c.clone_ref(py)), t.fut_waiter.take())
+        };
+        drop(waiter);
         if must_cancel {
             let cancelled_cls = api(py)?.cancelled_error.bind(py);
             let is_cancel = match &exc {
@@ -279,13 +284,7 @@ impl Task {
             if !is_cancel {
                 exc = Some(fut.get().make_cancelled_error(py)?);
             }
-            slf.get().t.borrow_mut(py)?.must_cancel = false;
         }
-        let (coro, waiter) = {
-            let mut t = slf.get().t.borrow_mut(py)?;
-            (t.coro.as_ref().map(|c| c.clone_ref(py)), t.fut_waiter.take())
-        };
-        drop(waiter);
         let Some(coro) = coro else {
             return Err(PyRuntimeError::new_err("uninitialized Task object"));
         };
