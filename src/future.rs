@@ -614,16 +614,18 @@ impl Future {
     }
 
     /// The finalizer's report, installed as `__del__` for Python subclasses
-    /// (see finalizers.rs).
+    /// (see slots.rs).
     fn _report_unfinished(slf: &Bound<'_, Self>) -> PyResult<()> {
-        crate::finalizers::report_unfinished(slf.as_any())
+        crate::slots::report_unfinished(slf.as_any())
     }
 
+    /// pyo3's traversal; at run time slots.rs installs a faster tp_traverse
+    /// visiting the same references.
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        let Some(st) = self.st.try_peek() else {
-            return Ok(());
-        };
-        visit_state(&st, &visit)
+        match self.st.try_peek() {
+            Some(st) => st.refs(&mut |o| visit.call(o)),
+            None => Ok(()),
+        }
     }
 
     fn __clear__(&self) {
@@ -635,24 +637,33 @@ impl Future {
     }
 }
 
-pub fn visit_state(st: &FutureState, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
-    visit.call(&st.loop_)?;
-    visit.call(&st.result)?;
-    visit.call(&st.exception)?;
-    visit.call(&st.exception_tb)?;
-    visit.call(&st.cancel_message)?;
-    visit.call(&st.cancelled_exc)?;
-    visit.call(&st.source_traceback)?;
-    for cb in &st.callbacks {
-        match cb {
-            DoneCallback::Python { callback, context } => {
-                visit.call(callback)?;
-                visit.call(context)?;
-            }
-            DoneCallback::Wakeup(task) => visit.call(task)?,
+impl FutureState {
+    /// Call `visit` on every object this state refers to, stopping at the
+    /// first error (the garbage collector's traversal protocol).
+    pub fn refs<E>(&self, visit: &mut dyn FnMut(&Py<PyAny>) -> Result<(), E>) -> Result<(), E> {
+        let singles = [
+            &self.loop_,
+            &self.result,
+            &self.exception,
+            &self.exception_tb,
+            &self.cancel_message,
+            &self.cancelled_exc,
+            &self.source_traceback,
+        ];
+        for obj in singles.into_iter().flatten() {
+            visit(obj)?;
         }
+        for cb in &self.callbacks {
+            match cb {
+                DoneCallback::Python { callback, context } => {
+                    visit(callback)?;
+                    visit(context)?;
+                }
+                DoneCallback::Wakeup(task) => visit(task.as_any())?,
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// What `await future` iterates: yields the future once while it is
@@ -670,7 +681,7 @@ pub enum IterStep {
     Return(Py<PyAny>),
 }
 
-/// Finished iterators kept for reuse (see finalizers.rs, which fills it
+/// Finished iterators kept for reuse (see slots.rs, which fills it
 /// from FutureIter's deallocator), like CPython's own free list of them:
 /// an `await` then costs no allocation.  GIL-protected (gil_cell.rs).
 pub static ITER_POOL: GilCell<Vec<Py<FutureIter>>> = GilCell::new(Vec::new());

@@ -7,7 +7,6 @@ mod asyncio_api;
 mod callbacks;
 mod clock;
 mod event_loop;
-mod finalizers;
 mod future;
 mod gil_cell;
 mod handles;
@@ -15,6 +14,7 @@ mod hooks;
 mod native_types;
 mod poller;
 mod registry;
+mod slots;
 mod task;
 pub mod scheduler;
 
@@ -32,7 +32,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(registry::_native_task_count, m)?)?;
     m.add_function(wrap_pyfunction!(registry::_is_registered, m)?)?;
     native_types::init(m.py());
-    finalizers::install(m.py())?;
+    slots::install(m.py())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -44,3 +44,9 @@ pub fn is_exact_future(obj: &Bound<'_, PyAny>) -> bool {
 pub fn is_future_iter_type(tp: *mut ffi::PyTypeObject) -> bool {
     tp == FUTURE_ITER.load(Ordering::Relaxed)
 }
+
+/// ferroloop.Future's type object (valid once init() ran).
+#[inline]
+pub fn future_type() -> *mut ffi::PyTypeObject {
+    FUTURE.load(Ordering::Relaxed)
+}

@@ -5,7 +5,7 @@
 //! and, through `WeakSet.add`, a Python-level call.  Native tasks are listed
 //! here instead: a vector of borrowed pointers, each task knowing its slot,
 //! so adding and removing are O(1) with no allocation.  A task leaves when
-//! it finishes, or at the latest when it is deallocated (finalizers.rs), so
+//! it finishes, or at the latest when it is deallocated (slots.rs), so
 //! every pointer here is a live task.  ferroloop's Python package lets
 //! asyncio's WeakSet iterate these too (`ferroloop._registry`).
 

@@ -117,6 +117,22 @@ impl Task {
         Task { t: GilCell::new(TaskState::default()), registry_slot: AtomicUsize::new(0) }
     }
 
+    /// Call `visit` on every object the task part refers to (the GC's
+    /// traversal protocol); nothing while the state is borrowed.
+    pub fn refs<E>(&self, visit: &mut dyn FnMut(&Py<PyAny>) -> Result<(), E>) -> Result<(), E> {
+        let Some(t) = self.t.try_peek() else {
+            return Ok(());
+        };
+        let name = match &t.name {
+            TaskName::Named(n) => Some(n),
+            _ => None,
+        };
+        for obj in [t.coro.as_ref(), t.context.as_ref(), t.fut_waiter.as_ref(), name].into_iter().flatten() {
+            visit(obj)?;
+        }
+        Ok(())
+    }
+
     pub fn context(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         Ok(self.t.borrow_mut(py)?.context.as_ref().map_or_else(|| py.None(), |c| c.clone_ref(py)))
     }
@@ -648,17 +664,10 @@ impl Task {
         Ok(())
     }
 
+    /// pyo3's traversal; at run time slots.rs installs a faster tp_traverse
+    /// visiting the same references (and the Future part's).
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        let Some(t) = self.t.try_peek() else {
-            return Ok(());
-        };
-        visit.call(&t.coro)?;
-        visit.call(&t.context)?;
-        visit.call(&t.fut_waiter)?;
-        if let TaskName::Named(n) = &t.name {
-            visit.call(n)?;
-        }
-        Ok(())
+        self.refs(&mut |o| visit.call(o))
     }
 
     fn __clear__(&self) {

@@ -766,3 +766,29 @@ def test_switch_through_run_and_the_policy():
         assert isinstance(lp.create_future(), asyncio.Future)
     finally:
         lp.close()
+
+
+def test_reference_cycles_through_futures_are_collected(loop):
+    class Sub(Future):
+        pass
+
+    refs = []
+    for cls in (Future, Sub):
+        fut = cls(loop=loop)
+        fut.add_done_callback(lambda f, fut=fut: None)  # cycle through a callback
+        fut.me = fut  # and through the instance dict
+        refs.append(weakref.ref(fut))
+        del fut
+
+    async def waiter(fut):
+        await fut
+
+    fut = loop.create_future()
+    task = loop.create_task(waiter(fut))
+    loop.run_until_complete(asyncio.sleep(0))
+    task.cycle = task
+    refs.append(weakref.ref(task))
+    task._log_destroy_pending = False
+    del task, fut
+    gc.collect()
+    assert [r() for r in refs] == [None, None, None]
