@@ -13,4 +13,6 @@ rm -rf "$VENV"
 "$VENV/bin/python" -m pip install --quiet . uvloop rloop || "$VENV/bin/python" -m pip install --quiet .
 cd benches
 "../$VENV/bin/python" -m ferroloop
+# 5 repetitions (a few minutes) unless told otherwise, e.g. --reps 15 or --quick.
+if [ $# -eq 0 ]; then set -- --reps 5; fi
 "../$VENV/bin/python" bench_scheduling.py "$@"
