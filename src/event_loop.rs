@@ -115,7 +115,7 @@ pub struct LoopCore {
     /// Cancelled timers still in the heap; shared with every TimerHandle.
     cancelled_timers: Arc<AtomicUsize>,
     /// A weak reference to this loop, shared by all its handles.
-    self_ref: GilCell<Option<LoopRef>>,
+    self_ref: std::sync::OnceLock<LoopRef>,
     /// create_future()/create_task() make ferroloop's native Future and
     /// Task (else asyncio's own classes).
     native_futures: AtomicBool,
@@ -203,18 +203,12 @@ impl LoopCore {
         Ok(())
     }
 
-    /// The weak reference to this loop that its handles share.
+    /// The weak reference to this loop that its handles share (made on
+    /// first use: the Python object must exist first).
+    #[inline]
     fn loop_ref(slf: &Bound<'_, Self>) -> PyResult<LoopRef> {
         let py = slf.py();
-        let mut cached = slf.get().self_ref.borrow_mut(py)?;
-        Ok(match &*cached {
-            Some(r) => r.clone_ref(py),
-            None => {
-                let r = LoopRef::new(slf.as_any());
-                *cached = Some(r.clone_ref(py));
-                r
-            }
-        })
+        Ok(slf.get().self_ref.get_or_init(|| LoopRef::new(slf.as_any())).clone_ref(py))
     }
 
     fn new_handle(
@@ -303,18 +297,23 @@ impl LoopCore {
         let py = slf.py();
         let this = slf.get();
 
-        // 1 and 2: drop cancelled timers, decide how long to wait.
-        let mut removed: Vec<Py<TimerHandle>> = Vec::new();
+        // 1 and 2: drop cancelled timers, decide how long to wait.  (With
+        // no timers, nothing is allocated or dropped for them: this runs for
+        // every callback of a call_soon chain.)
+        let mut removed: Option<Vec<Py<TimerHandle>>> = None;
         let timeout = {
             let mut st = this.state.borrow_mut(py)?;
-            let cancelled = this.cancelled_timers.load(Ordering::Relaxed);
-            let n = st.timers.prune(
-                cancelled,
-                |t| t.bind(py).as_super().get().is_cancelled(),
-                &mut removed,
-            );
-            if n > 0 {
-                this.cancelled_timers.fetch_sub(n.min(cancelled), Ordering::Relaxed);
+            if !st.timers.is_empty() {
+                let cancelled = this.cancelled_timers.load(Ordering::Relaxed);
+                let pruned = removed.get_or_insert_with(Vec::new);
+                let n = st.timers.prune(
+                    cancelled,
+                    |t| t.bind(py).as_super().get().is_cancelled(),
+                    pruned,
+                );
+                if n > 0 {
+                    this.cancelled_timers.fetch_sub(n.min(cancelled), Ordering::Relaxed);
+                }
             }
             if !st.ready.is_empty() || this.stopping.load(Ordering::Relaxed) {
                 Some(Duration::ZERO)
@@ -325,9 +324,11 @@ impl LoopCore {
                 None
             }
         };
-        for t in removed.drain(..) {
-            t.get().unschedule();
-            drop(t);
+        if let Some(pruned) = removed.as_mut() {
+            for t in pruned.drain(..) {
+                t.get().unschedule();
+                drop(t);
+            }
         }
 
         // 3: wait for I/O without the GIL.  A zero-timeout wait on a loop
@@ -382,8 +383,11 @@ impl LoopCore {
             }
         }
         // Python-level handlers (KeyboardInterrupt for Ctrl-C) run here, so a
-        // signal that woke us takes effect at once.
-        py.check_signals()?;
+        // signal that woke us takes effect at once.  Without a wait, the
+        // callbacks' own Python code checks for signals, as any Python code.
+        if must_wait {
+            py.check_signals()?;
+        }
 
         // 4: timers that are due join the ready queue; 5 starts by taking
         // the whole queue as this iteration's batch.
@@ -396,7 +400,7 @@ impl LoopCore {
                     timer.get().unschedule();
                     if timer.bind(py).as_super().get().is_cancelled() {
                         this.cancelled_timers.fetch_sub(1, Ordering::Relaxed);
-                        removed.push(timer);
+                        removed.get_or_insert_with(Vec::new).push(timer);
                     } else {
                         st.ready.push_back(Callback::Timer(timer));
                     }
@@ -431,7 +435,12 @@ impl LoopCore {
                 return Err(err);
             }
         }
-        this.state.borrow_mut(py)?.spare = batch;
+        let emptied = std::mem::replace(&mut this.state.borrow_mut(py)?.spare, batch);
+        if emptied.capacity() == 0 {
+            // The default VecDeque taken at step 4 owns no memory: skip its
+            // (out-of-line) drop glue, run once per iteration.
+            std::mem::forget(emptied);
+        }
         let trimmed = trim_pool(py, HANDLE_POOL_FLOOR.max(2 * batch_len))?;
         drop(trimmed);
         Ok(())
@@ -563,7 +572,7 @@ impl LoopCore {
             sleeping: AtomicBool::new(false),
             watching_signals: AtomicBool::new(false),
             cancelled_timers: Arc::new(AtomicUsize::new(0)),
-            self_ref: GilCell::new(None),
+            self_ref: std::sync::OnceLock::new(),
             native_futures: AtomicBool::new(true),
             task_factory: GilCell::new(None),
         })

@@ -45,7 +45,7 @@ impl Callable {
 #[derive(Default)]
 pub struct Slot {
     callable: Option<Callable>,
-    context: Option<Py<PyAny>>,
+    context: Option<HandleContext>,
     loop_: Option<LoopRef>,
 }
 
@@ -89,6 +89,63 @@ pub fn copy_current_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
     unsafe {
         let ptr = ffi::PyContext_CopyCurrent();
         Ok(Bound::from_owned_ptr_or_err(py, ptr)?.unbind())
+    }
+}
+
+/// The context a handle runs in.
+///
+/// The copy a handle makes for itself (`context=None`, nearly always) is
+/// reachable only through the handle until someone asks for it
+/// (`get_context()`/`_context`), and the handle is untracked by the GC
+/// (see `Handle`); a context can only join a reference cycle if code holds
+/// it.  So the copy is kept off the GC's list too (walking tens of
+/// thousands of queued contexts was the main cost of collections during
+/// bursts of `call_soon`), and put back on it before it is shared and
+/// before the last reference goes (CPython deallocates contexts assuming
+/// they are tracked).  A context given by the caller is left as it is.
+pub struct HandleContext(Py<PyAny>);
+
+impl HandleContext {
+    /// `context` if given (not None), else a private copy of the current one.
+    pub fn new(py: Python<'_>, context: Option<Py<PyAny>>) -> PyResult<HandleContext> {
+        match context {
+            Some(c) if !c.is_none(py) => Ok(HandleContext(c)),
+            _ => {
+                let copy = copy_current_context(py)?;
+                // SAFETY: `copy` is a fresh, live Context that only we
+                // reference; untracking a tracked object is allowed, and
+                // `Drop`/`share` track it again before anyone else sees it
+                // or it is deallocated.
+                unsafe { ffi::PyObject_GC_UnTrack(copy.as_ptr().cast()) };
+                Ok(HandleContext(copy))
+            }
+        }
+    }
+
+    /// A reference for someone else: the context is tracked again first.
+    pub fn share(&self, py: Python<'_>) -> Py<PyAny> {
+        retrack(self.0.as_ptr());
+        self.0.clone_ref(py)
+    }
+}
+
+/// Put a context we untracked back on the GC's list (no-op if tracked).
+fn retrack(obj: *mut ffi::PyObject) {
+    // SAFETY: `obj` is a live object and the GIL is held (every handle
+    // operation holds it); PyObject_GC_Track may only be called on an
+    // untracked object, which the check guarantees.
+    unsafe {
+        if ffi::PyObject_GC_IsTracked(obj) == 0 {
+            ffi::PyObject_GC_Track(obj.cast());
+        }
+    }
+}
+
+impl Drop for HandleContext {
+    fn drop(&mut self) {
+        // Handles are only dropped with the GIL held (they are Python
+        // objects' contents or the loop's state); attach() is then free.
+        Python::attach(|_| retrack(self.0.as_ptr()));
     }
 }
 
@@ -172,10 +229,7 @@ impl Handle {
         debug: bool,
         oneshot: bool,
     ) -> PyResult<Handle> {
-        let context = match context {
-            Some(c) if !c.is_none(py) => c,
-            _ => copy_current_context(py)?,
-        };
+        let context = HandleContext::new(py, context)?;
         let source_traceback = if debug {
             Some(call_hook(py, "extract_stack", ())?.unbind())
         } else {
@@ -202,34 +256,60 @@ impl Handle {
 
     /// Run the callback in its context.  Errors are returned to the caller,
     /// which decides between the exception handler and propagation.
+    ///
+    /// A one-shot handle outside debug mode gives its callback up for the
+    /// call (no reference traffic; it would be dropped after the run
+    /// anyway) and takes it back if the call fails, for the error report.
     #[inline]
     pub fn invoke(&self, py: Python<'_>) -> PyResult<()> {
-        let (callback, args, context) = match &*self.slot.borrow_mut(py)? {
-            Slot { callable: Some(c), context: Some(ctx), .. } => {
-                (c.callback.clone_ref(py), c.args.clone_ref(py), ctx.clone_ref(py))
+        let give_up = self.oneshot && !self.debug;
+        let (callable, context) = {
+            let mut slot = self.slot.borrow_mut(py)?;
+            let Some(context) = slot.context.as_ref().map(|c| c.0.clone_ref(py)) else {
+                return Ok(());
+            };
+            let callable = if give_up {
+                slot.callable.take()
+            } else {
+                slot.callable.as_ref().map(|c| Callable {
+                    callback: c.callback.clone_ref(py),
+                    args: c.args.clone_ref(py),
+                })
+            };
+            match callable {
+                Some(c) => (c, context),
+                None => return Ok(()),
             }
-            _ => return Ok(()),
         };
         let ctx = context.as_ptr();
-        // SAFETY: `ctx` is a live object owned by `self`; PyContext_Enter checks
-        // its type and fails with TypeError/RuntimeError (already entered)
-        // without side effects.
+        // SAFETY: `ctx` is a live object we hold a reference to;
+        // PyContext_Enter checks its type and fails with TypeError/RuntimeError
+        // (already entered) without side effects.
         if unsafe { ffi::PyContext_Enter(ctx) } < 0 {
             return Err(PyErr::fetch(py));
         }
-        let args = args.bind(py);
-        let result = if args.is_empty() {
-            callback.bind(py).call0()
+        let args = callable.args.bind(py);
+        let mut result = if args.is_empty() {
+            callable.callback.bind(py).call0()
         } else {
-            callback.bind(py).call1(args)
-        };
+            callable.callback.bind(py).call1(args)
+        }
+        .map(drop);
         // SAFETY: we entered `ctx` above on this thread and the callback cannot
         // leave it entered-by-someone-else: Context.run/enter calls nest.
         if unsafe { ffi::PyContext_Exit(ctx) } < 0 {
             let exit_err = PyErr::fetch(py);
-            return result.and(Err::<(), PyErr>(exit_err));
+            result = result.and(Err(exit_err));
         }
-        result.map(drop)
+        if give_up && result.is_err() {
+            let mut slot = self.slot.borrow_mut(py)?;
+            if slot.callable.is_none() && !self.is_cancelled() {
+                slot.callable = Some(callable);
+                return result;
+            }
+        }
+        drop(callable);
+        result
     }
 
     /// After a one-shot handle ran (and any slow-callback report used its
@@ -288,10 +368,7 @@ impl Handle {
         loop_: LoopRef,
         context: Option<Py<PyAny>>,
     ) -> PyResult<()> {
-        let context = match context {
-            Some(c) if !c.is_none(py) => c,
-            _ => copy_current_context(py)?,
-        };
+        let context = HandleContext::new(py, context)?;
         let fresh = Slot {
             callable: Some(Callable::new(py, callback, args)),
             context: Some(context),
@@ -397,7 +474,7 @@ impl Handle {
     #[getter]
     fn _context(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         Ok(match &self.slot.borrow_mut(py)?.context {
-            Some(c) => c.clone_ref(py),
+            Some(c) => c.share(py),
             None => py.None(),
         })
     }
