@@ -14,7 +14,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
 use crate::future::DoneCallback;
-use crate::handles::{Handle, LoopRef};
+use crate::handles::{CallArgs, Handle, LoopRef};
 use crate::hooks::call_hook;
 use crate::task::{enter_context, exit_context, Task};
 
@@ -112,7 +112,7 @@ impl NativeCallback {
         let handle = Handle::create(
             py,
             callable.unbind(),
-            args.unbind(),
+            CallArgs::from_tuple(args)?,
             LoopRef::new(loop_),
             Some(context),
             false,

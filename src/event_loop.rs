@@ -34,7 +34,7 @@ use crate::clock::monotonic;
 use crate::future::Future;
 use crate::gil_cell::GilCell;
 use crate::handles::{
-    new_untracked, pool_handle, take_pooled, trim_pool, Handle, LoopRef, TimerHandle,
+    new_untracked, pool_handle, take_pooled, trim_pool, CallArgs, Handle, LoopRef, TimerHandle,
 };
 use crate::hooks::call_hook;
 use crate::poller::{FdInterest, Poller, Ready};
@@ -121,6 +121,9 @@ pub struct LoopCore {
     native_futures: AtomicBool,
     /// `loop._task_factory` (BaseEventLoop's set/get_task_factory use it).
     task_factory: GilCell<Option<Py<PyAny>>>,
+    /// Whether native futures may queue their callbacks directly (0: not
+    /// known yet, 1: yes, 2: no -- the loop's class overrides call_soon).
+    native_callbacks: std::sync::atomic::AtomicU8,
 }
 
 fn current_thread_ident() -> u64 {
@@ -160,6 +163,26 @@ impl LoopCore {
         self.debug.load(Ordering::Relaxed)
     }
 
+    /// Whether native futures of this loop may put their callbacks straight
+    /// into the ready queue: yes unless a subclass overrides `call_soon`,
+    /// which asyncio's futures would call (checked once per loop).
+    pub fn accepts_native_callbacks(slf: &Bound<'_, Self>) -> bool {
+        let this = slf.get();
+        match this.native_callbacks.load(Ordering::Relaxed) {
+            1 => true,
+            2 => false,
+            _ => {
+                let py = slf.py();
+                let name = intern!(py, "call_soon");
+                let ours = py.get_type::<LoopCore>().getattr(name);
+                let theirs = slf.get_type().getattr(name);
+                let same = matches!((ours, theirs), (Ok(a), Ok(b)) if a.is(&b));
+                this.native_callbacks.store(if same { 1 } else { 2 }, Ordering::Relaxed);
+                same
+            }
+        }
+    }
+
     /// Queue a native future/task callback, as `call_soon` would a handle.
     /// In debug mode the callback is handed back: it must go through
     /// `call_soon` to get a Handle with its traceback and timing.
@@ -172,6 +195,41 @@ impl LoopCore {
         }
         this.state.borrow_mut(slf.py())?.ready.push_back(Callback::Native(cb));
         Ok(None)
+    }
+
+    /// `call_soon` (and, with `threadsafe`, `call_soon_threadsafe`).  The
+    /// Python methods are raw vectorcall functions (slots.rs) that parse the
+    /// arguments and call this: a single argument then needs no tuple.
+    pub fn schedule_soon(
+        slf: &Bound<'_, Self>,
+        callback: Bound<'_, PyAny>,
+        args: CallArgs,
+        context: Option<Py<PyAny>>,
+        threadsafe: bool,
+    ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed()?;
+        if threadsafe {
+            this.check_callback(py, &callback, "call_soon_threadsafe")?;
+        } else {
+            if this.debug.load(Ordering::Relaxed) {
+                this.check_thread()?;
+            }
+            this.check_callback(py, &callback, "call_soon")?;
+        }
+        let handle = Self::oneshot_handle(slf, callback, args, context)?;
+        // For threadsafe: every thread holds the GIL here, so the push
+        // cannot race with the loop thread deciding to sleep: it either sees
+        // this callback when it computes its timeout, or it is already asleep
+        // and we wake it.
+        this.state.borrow_mut(py)?.ready.push_back(Callback::Handle(handle.clone_ref(py)));
+        // The plain load keeps the common case (loop awake) free of a locked
+        // instruction; the GIL orders it against the loop thread's store.
+        if threadsafe && this.sleeping.load(Ordering::Relaxed) && this.sleeping.swap(false, Ordering::SeqCst) {
+            this.wake(py)?;
+        }
+        Ok(handle)
     }
 
     #[inline]
@@ -208,20 +266,28 @@ impl LoopCore {
     #[inline]
     fn loop_ref(slf: &Bound<'_, Self>) -> PyResult<LoopRef> {
         let py = slf.py();
-        Ok(slf.get().self_ref.get_or_init(|| LoopRef::new(slf.as_any())).clone_ref(py))
+        if let Some(r) = slf.get().self_ref.get() {
+            return Ok(r.clone_ref(py));
+        }
+        // Made outside the cell: creating the weak reference can run the GC
+        // and so Python code, which may call back into this loop (or let
+        // another thread do so) -- get_or_init would deadlock then.
+        let fresh = LoopRef::new(slf.as_any());
+        let _ = slf.get().self_ref.set(fresh.clone_ref(py));
+        Ok(slf.get().self_ref.get().map_or(fresh, |r| r.clone_ref(py)))
     }
 
     fn new_handle(
         slf: &Bound<'_, Self>,
         callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
+        args: CallArgs,
         context: Option<Py<PyAny>>,
         oneshot: bool,
     ) -> PyResult<Handle> {
         Handle::create(
             slf.py(),
             callback.unbind(),
-            args.unbind(),
+            args,
             Self::loop_ref(slf)?,
             context,
             slf.get().debug.load(Ordering::Relaxed),
@@ -234,7 +300,7 @@ impl LoopCore {
     fn oneshot_handle(
         slf: &Bound<'_, Self>,
         callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
+        args: CallArgs,
         context: Option<Py<PyAny>>,
     ) -> PyResult<Py<Handle>> {
         let py = slf.py();
@@ -242,7 +308,7 @@ impl LoopCore {
         if !this.debug.load(Ordering::Relaxed) {
             if let Some(handle) = take_pooled(py)? {
                 let loop_ref = Self::loop_ref(slf)?;
-                handle.get().reuse(py, callback.unbind(), args.unbind(), loop_ref, context)?;
+                handle.get().reuse(py, callback.unbind(), args, loop_ref, context)?;
                 return Ok(handle);
             }
         }
@@ -279,7 +345,7 @@ impl LoopCore {
             this.check_thread()?;
         }
         this.check_callback(py, &callback, method)?;
-        let base = Self::new_handle(slf, callback, args, context, true)?;
+        let base = Self::new_handle(slf, callback, CallArgs::from_tuple(args)?, context, true)?;
         let timer = new_untracked(
             py,
             PyClassInitializer::from(base)
@@ -494,7 +560,7 @@ impl LoopCore {
         let this = slf.get();
         this.check_closed()?;
         let fd = fileobj_to_fd(fd)?;
-        let handle = new_untracked(py, Self::new_handle(slf, callback, args, None, false)?)?;
+        let handle = new_untracked(py, Self::new_handle(slf, callback, CallArgs::from_tuple(args)?, None, false)?)?;
         let (old, interest) = {
             let mut st = this.state.borrow_mut(py)?;
             let map = if writer { &mut st.writers } else { &mut st.readers };
@@ -575,56 +641,13 @@ impl LoopCore {
             self_ref: std::sync::OnceLock::new(),
             native_futures: AtomicBool::new(true),
             task_factory: GilCell::new(None),
+            native_callbacks: std::sync::atomic::AtomicU8::new(0),
         })
     }
 
     /// The loop's clock, the same as `time.monotonic()`.
     fn time(&self) -> f64 {
         monotonic()
-    }
-
-    #[pyo3(signature = (callback, *args, context=None))]
-    fn call_soon(
-        slf: &Bound<'_, Self>,
-        callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
-        context: Option<Py<PyAny>>,
-    ) -> PyResult<Py<Handle>> {
-        let py = slf.py();
-        let this = slf.get();
-        this.check_closed()?;
-        if this.debug.load(Ordering::Relaxed) {
-            this.check_thread()?;
-        }
-        this.check_callback(py, &callback, "call_soon")?;
-        let handle = Self::oneshot_handle(slf, callback, args, context)?;
-        this.state.borrow_mut(py)?.ready.push_back(Callback::Handle(handle.clone_ref(py)));
-        Ok(handle)
-    }
-
-    /// Like call_soon, callable from any thread; wakes the loop if it sleeps.
-    #[pyo3(signature = (callback, *args, context=None))]
-    fn call_soon_threadsafe(
-        slf: &Bound<'_, Self>,
-        callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
-        context: Option<Py<PyAny>>,
-    ) -> PyResult<Py<Handle>> {
-        let py = slf.py();
-        let this = slf.get();
-        this.check_closed()?;
-        this.check_callback(py, &callback, "call_soon_threadsafe")?;
-        let handle = Self::oneshot_handle(slf, callback, args, context)?;
-        // Every thread holds the GIL here, so the push cannot race with the
-        // loop thread deciding to sleep: it either sees this callback when it
-        // computes its timeout, or it is already asleep and we wake it.
-        this.state.borrow_mut(py)?.ready.push_back(Callback::Handle(handle.clone_ref(py)));
-        // The plain load keeps the common case (loop awake) free of a locked
-        // instruction; the GIL orders it against the loop thread's store.
-        if this.sleeping.load(Ordering::Relaxed) && this.sleeping.swap(false, Ordering::SeqCst) {
-            this.wake(py)?;
-        }
-        Ok(handle)
     }
 
     #[pyo3(signature = (delay, callback, *args, context=None))]

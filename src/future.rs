@@ -116,10 +116,9 @@ impl Future {
 
     /// A pending future of `loop_` (what `__init__` does).
     pub fn init_state(py: Python<'_>, loop_: Bound<'_, PyAny>) -> PyResult<FutureState> {
-        let native_loop = loop_.is_instance_of::<LoopCore>();
-        let debug = match loop_.cast::<LoopCore>() {
-            Ok(core) => core.get().is_debug(),
-            Err(_) => loop_.call_method0(pyo3::intern!(py, "get_debug"))?.is_truthy()?,
+        let (native_loop, debug) = match loop_.cast::<LoopCore>() {
+            Ok(core) => (LoopCore::accepts_native_callbacks(core), core.get().is_debug()),
+            Err(_) => (false, loop_.call_method0(pyo3::intern!(py, "get_debug"))?.is_truthy()?),
         };
         let source_traceback = if debug && !is_finalizing(py) {
             Some(call_hook(py, "extract_stack", ())?.unbind())
@@ -429,6 +428,8 @@ impl Future {
                 continue;
             }
             let equal = match &cb {
+                // Identity first, as PyObject_RichCompareBool does.
+                DoneCallback::Python { callback, .. } if callback.bind(py).is(r#fn) => Ok(true),
                 DoneCallback::Python { callback, .. } => callback.bind(py).eq(r#fn),
                 DoneCallback::Wakeup(task) => {
                     task.bind(py).getattr(pyo3::intern!(py, "_Task__wakeup")).and_then(|m| m.eq(r#fn))
@@ -691,6 +692,9 @@ impl FutureIter {
     /// An iterator over `fut`, from the pool when it has one.
     pub fn over(fut: &Bound<'_, Future>) -> PyResult<Py<FutureIter>> {
         let py = fut.py();
+        if fut.get().st.borrow_mut(py)?.loop_.is_none() {
+            return Err(not_initialized());
+        }
         let pooled = ITER_POOL.borrow_mut(py)?.pop();
         if let Some(it) = pooled {
             let old = it.get().future.borrow_mut(py)?.replace(fut.clone().unbind());

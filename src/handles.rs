@@ -19,25 +19,94 @@ use pyo3::types::PyWeakrefReference;
 use crate::gil_cell::GilCell;
 use crate::hooks::call_hook;
 
-pub struct Callable {
-    pub callback: Py<PyAny>,
-    pub args: Py<PyTuple>,
+/// A callback's positional arguments.  One argument -- the common case,
+/// `call_soon(fut.set_result, value)` -- is kept as it is: no tuple is
+/// made for it, and it is passed by vectorcall.
+pub enum CallArgs {
+    Empty,
+    One(Py<PyAny>),
+    /// Like the handle that owns it, the tuple is taken off the GC's list:
+    /// only the handle refers to it, and it is released once the callback
+    /// ran or was cancelled.  CPython untracks tuples itself
+    /// (`_PyTuple_MaybeUntrack`), so tuple deallocation expects it.
+    Many(Py<PyTuple>),
 }
 
-impl Callable {
-    /// Like the handle that owns it, the argument tuple is taken off the
-    /// GC's list: only the handle refers to it, and it is released once the
-    /// callback ran or was cancelled.  CPython untracks tuples itself
-    /// (`_PyTuple_MaybeUntrack`), so tuple deallocation expects it.
-    fn new(py: Python<'_>, callback: Py<PyAny>, args: Py<PyTuple>) -> Callable {
-        if !args.bind(py).is_empty() {
-            // SAFETY: `args` is a live tuple we hold a reference to;
-            // untracking a tracked object is always allowed and tuples are
-            // deallocated with PyObject_GC_UnTrack, a no-op when untracked.
-            unsafe { ffi::PyObject_GC_UnTrack(args.as_ptr().cast()) };
-        }
-        Callable { callback, args }
+impl CallArgs {
+    pub fn from_tuple(args: Bound<'_, PyTuple>) -> PyResult<CallArgs> {
+        Ok(match args.len() {
+            0 => CallArgs::Empty,
+            1 => CallArgs::One(args.get_item(0)?.unbind()),
+            _ => {
+                // SAFETY: `args` is a live tuple we hold a reference to;
+                // untracking a tracked object is always allowed and tuples
+                // are deallocated with PyObject_GC_UnTrack, a no-op when
+                // untracked.
+                unsafe { ffi::PyObject_GC_UnTrack(args.as_ptr().cast()) };
+                CallArgs::Many(args.unbind())
+            }
+        })
     }
+
+    /// From a vectorcall argument array.
+    ///
+    /// # Safety
+    /// `items` points to `n` live object pointers (borrowed references).
+    pub unsafe fn from_array(py: Python<'_>, items: *const *mut ffi::PyObject, n: usize) -> PyResult<CallArgs> {
+        // SAFETY: see the function's contract.
+        unsafe {
+            Ok(match n {
+                0 => CallArgs::Empty,
+                1 => CallArgs::One(Borrowed::from_ptr(py, *items).to_owned().unbind()),
+                _ => {
+                    let slice = std::slice::from_raw_parts(items, n);
+                    let tuple = PyTuple::new(py, slice.iter().map(|&o| Borrowed::from_ptr(py, o)))?;
+                    CallArgs::from_tuple(tuple)?
+                }
+            })
+        }
+    }
+
+    /// As asyncio's `handle._args`: a tuple.
+    pub fn to_tuple<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        match self {
+            CallArgs::Empty => Ok(PyTuple::empty(py)),
+            CallArgs::One(a) => PyTuple::new(py, [a.clone_ref(py)]),
+            CallArgs::Many(t) => Ok(t.bind(py).clone()),
+        }
+    }
+
+    fn clone_ref(&self, py: Python<'_>) -> CallArgs {
+        match self {
+            CallArgs::Empty => CallArgs::Empty,
+            CallArgs::One(a) => CallArgs::One(a.clone_ref(py)),
+            CallArgs::Many(t) => CallArgs::Many(t.clone_ref(py)),
+        }
+    }
+
+    /// `callback(*args)`.
+    fn call<'py>(&self, callback: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let py = callback.py();
+        match self {
+            CallArgs::Empty => callback.call0(),
+            CallArgs::One(a) => {
+                let argv = [a.as_ptr()];
+                // SAFETY: `callback` and the argument are live objects;
+                // PyObject_Vectorcall returns a new reference or NULL with an
+                // exception set.
+                unsafe {
+                    let r = ffi::PyObject_Vectorcall(callback.as_ptr(), argv.as_ptr(), 1, std::ptr::null_mut());
+                    Bound::from_owned_ptr_or_err(py, r)
+                }
+            }
+            CallArgs::Many(t) => callback.call1(t.bind(py)),
+        }
+    }
+}
+
+pub struct Callable {
+    pub callback: Py<PyAny>,
+    pub args: CallArgs,
 }
 
 /// What a handle runs, in which context, for which loop.  `context` and
@@ -223,7 +292,7 @@ impl Handle {
     pub fn create(
         py: Python<'_>,
         callback: Py<PyAny>,
-        args: Py<PyTuple>,
+        args: CallArgs,
         loop_: LoopRef,
         context: Option<Py<PyAny>>,
         debug: bool,
@@ -237,7 +306,7 @@ impl Handle {
         };
         Ok(Handle {
             slot: GilCell::new(Slot {
-                callable: Some(Callable::new(py, callback, args)),
+                callable: Some(Callable { callback, args }),
                 context: Some(context),
                 loop_: Some(loop_),
             }),
@@ -288,13 +357,7 @@ impl Handle {
         if unsafe { ffi::PyContext_Enter(ctx) } < 0 {
             return Err(PyErr::fetch(py));
         }
-        let args = callable.args.bind(py);
-        let mut result = if args.is_empty() {
-            callable.callback.bind(py).call0()
-        } else {
-            callable.callback.bind(py).call1(args)
-        }
-        .map(drop);
+        let mut result = callable.args.call(callable.callback.bind(py)).map(drop);
         // SAFETY: we entered `ctx` above on this thread and the callback cannot
         // leave it entered-by-someone-else: Context.run/enter calls nest.
         if unsafe { ffi::PyContext_Exit(ctx) } < 0 {
@@ -364,13 +427,13 @@ impl Handle {
         &self,
         py: Python<'_>,
         callback: Py<PyAny>,
-        args: Py<PyTuple>,
+        args: CallArgs,
         loop_: LoopRef,
         context: Option<Py<PyAny>>,
     ) -> PyResult<()> {
         let context = HandleContext::new(py, context)?;
         let fresh = Slot {
-            callable: Some(Callable::new(py, callback, args)),
+            callable: Some(Callable { callback, args }),
             context: Some(context),
             loop_: Some(loop_),
         };
@@ -431,7 +494,7 @@ impl Handle {
         };
         let loop_ = r#loop.bind(py);
         let debug = loop_.call_method0("get_debug")?.is_truthy()?;
-        Handle::create(py, callback, args.unbind(), LoopRef::new(loop_), context, debug, false)
+        Handle::create(py, callback, CallArgs::from_tuple(args)?, LoopRef::new(loop_), context, debug, false)
     }
 
     fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -460,8 +523,9 @@ impl Handle {
 
     #[getter]
     fn _args(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        Ok(match &self.slot.borrow_mut(py)?.callable {
-            Some(c) => c.args.clone_ref(py).into_any(),
+        let args = self.slot.borrow_mut(py)?.callable.as_ref().map(|c| c.args.clone_ref(py));
+        Ok(match args {
+            Some(a) => a.to_tuple(py)?.into_any().unbind(),
             None => py.None(),
         })
     }

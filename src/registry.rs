@@ -43,12 +43,13 @@ pub fn register(task: &Bound<'_, Task>) -> PyResult<()> {
 
 /// Take a task off the list (no-op when it is not on it).
 pub fn unregister(py: Python<'_>, task: &Task) -> PyResult<()> {
-    let slot = task.registry_slot.swap(0, Ordering::Relaxed);
-    if slot == 0 {
+    if task.registry_slot.load(Ordering::Relaxed) == 0 {
         return Ok(());
     }
-    let index = slot - 1;
+    // Borrow first: should the borrow fail, the task keeps its slot and
+    // stays consistently listed (see finalizers in slots.rs).
     let mut tasks = TASKS.borrow_mut(py)?;
+    let index = task.registry_slot.swap(0, Ordering::Relaxed) - 1;
     if index >= tasks.len() {
         return Ok(());
     }
@@ -67,14 +68,22 @@ pub fn unregister(py: Python<'_>, task: &Task) -> PyResult<()> {
 /// Every registered task (of every loop), as strong references.
 #[pyfunction]
 pub fn _native_tasks(py: Python<'_>) -> PyResult<Bound<'_, PyList>> {
-    let tasks = TASKS.borrow_mut(py)?;
-    // SAFETY: registered pointers are live objects (see the module docs);
-    // PyList::new takes new references to them.
-    let items: Vec<Borrowed<'_, '_, PyAny>> =
-        tasks.iter().map(|t| unsafe { Borrowed::from_ptr(py, t.0) }).collect();
-    let list = PyList::new(py, items);
-    drop(tasks);
-    list
+    // Take strong references while the registry is borrowed (an incref
+    // allocates nothing, so no collection can run and unregister a task
+    // meanwhile), then build the list -- which may collect -- without it.
+    let items: Vec<Py<PyAny>> = {
+        let tasks = TASKS.borrow_mut(py)?;
+        tasks
+            .iter()
+            // SAFETY: registered pointers are live objects (see the module
+            // docs); one whose reference count already reached zero is being
+            // destroyed (a subclass's own deallocation runs before ours) and
+            // must not be revived.
+            .filter(|t| unsafe { ffi::Py_REFCNT(t.0) } > 0)
+            .map(|t| unsafe { Borrowed::from_ptr(py, t.0) }.to_owned().unbind())
+            .collect()
+    };
+    PyList::new(py, items)
 }
 
 /// How many tasks are registered.

@@ -17,7 +17,9 @@ use std::sync::OnceLock;
 use pyo3::ffi;
 use pyo3::prelude::*;
 
+use crate::event_loop::LoopCore;
 use crate::future::{Future, FutureIter, IterStep, ITER_POOL, ITER_POOL_MAX};
+use crate::handles::CallArgs;
 use crate::hooks::call_hook;
 use crate::task::{report_if_destroyed_pending, Task};
 
@@ -56,6 +58,7 @@ pub fn install(py: Python<'_>) -> PyResult<()> {
         ffi::PyType_Modified(future_type.as_type_ptr());
     }
     install_iter_slots(py)?;
+    install_call_soon(py)?;
     unsafe {
         add_finalizer(future_type.as_type_ptr(), &FUTURE_DEALLOC, future_dealloc);
         add_finalizer(task_type.as_type_ptr(), &TASK_DEALLOC, task_dealloc);
@@ -146,8 +149,12 @@ unsafe extern "C" fn task_dealloc(obj: *mut ffi::PyObject) {
         let py = Python::assume_attached();
         let task = Borrowed::from_ptr(py, obj).cast_unchecked::<Task>();
         if crate::registry::unregister(py, task.get()).is_err() {
-            // Only fails on re-entrant use of the registry, which cannot
-            // happen here; leaking the memory is the safe fallback.
+            // Only fails on re-entrant use of the registry, which its users
+            // rule out.  Should it happen, the registry still points here:
+            // keep the memory (leak it), off the GC's list, rather than free
+            // it under that pointer (the registry skips objects whose
+            // reference count is zero).
+            ffi::PyObject_GC_UnTrack(obj.cast());
             return;
         }
         dealloc_with(obj, &TASK_DEALLOC)
@@ -160,7 +167,16 @@ unsafe extern "C" fn finalize(obj: *mut ffi::PyObject) {
     // SAFETY: CPython calls tp_finalize with the GIL held and a live
     // object (temporarily resurrected when called from deallocation).
     let py = unsafe { Python::assume_attached() };
-    let saved = PyErr::take(py);
+    // Save the exception being raised, if any, with the raw calls: pyo3's
+    // PyErr::take would turn a pyo3 PanicException into a Rust panic here,
+    // outside catch_unwind.
+    let (mut ptype, mut pvalue, mut ptrace) = (std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut());
+    // SAFETY: PyErr_Fetch moves the current exception (if any) into the
+    // three out-pointers, which PyErr_Restore below hands back.
+    #[allow(deprecated)]
+    unsafe {
+        ffi::PyErr_Fetch(&mut ptype, &mut pvalue, &mut ptrace)
+    };
     // SAFETY: `obj` is live for the duration of this call (see above).
     let object = unsafe { Bound::from_borrowed_ptr(py, obj) };
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| report_unfinished(&object)));
@@ -173,19 +189,22 @@ unsafe extern "C" fn finalize(obj: *mut ffi::PyObject) {
         }
     }
     drop(object);
-    if let Some(err) = saved {
-        err.restore(py);
-    }
+    // SAFETY: restores exactly what PyErr_Fetch took (possibly nothing).
+    #[allow(deprecated)]
+    unsafe {
+        ffi::PyErr_Restore(ptype, pvalue, ptrace)
+    };
 }
 
 pub fn report_unfinished(object: &Bound<'_, PyAny>) -> PyResult<()> {
     let py = object.py();
+    let mut task_outcome = Ok(());
     if let Ok(task) = object.cast::<Task>() {
         // As asyncio's weak reference is cleared before the finalizer runs:
         // a task that is being destroyed is no longer listed, even if the
         // report resurrects it (an exception handler keeping the context).
-        crate::registry::unregister(py, task.get())?;
-        report_if_destroyed_pending(task)?;
+        // Whatever happens here, the Future part's report still runs.
+        task_outcome = crate::registry::unregister(py, task.get()).and_then(|()| report_if_destroyed_pending(task));
     }
     let fut = object.cast::<Future>()?;
     let unretrieved = {
@@ -197,7 +216,7 @@ pub fn report_unfinished(object: &Bound<'_, PyAny>) -> PyResult<()> {
     if unretrieved {
         call_hook(py, "report_never_retrieved", (fut,))?;
     }
-    Ok(())
+    task_outcome
 }
 
 // -- `await future` ----------------------------------------------------------
@@ -230,14 +249,16 @@ fn install_iter_slots(py: Python<'_>) -> PyResult<()> {
         }
         ffi::PyType_Modified(tp);
         // `await fut` / `iter(fut)` straight into FutureIter::over, without
-        // pyo3's method trampoline.
-        let tp = py.get_type::<Future>().as_type_ptr();
-        let as_async = (*tp).tp_as_async;
-        if !as_async.is_null() {
-            (*as_async).am_await = Some(future_await);
+        // pyo3's method trampoline.  Task copied Future's slots when pyo3
+        // created it, so it is patched too.
+        for tp in [py.get_type::<Future>().as_type_ptr(), py.get_type::<Task>().as_type_ptr()] {
+            let as_async = (*tp).tp_as_async;
+            if !as_async.is_null() {
+                (*as_async).am_await = Some(future_await);
+            }
+            (*tp).tp_iter = Some(future_await);
+            ffi::PyType_Modified(tp);
         }
-        (*tp).tp_iter = Some(future_await);
-        ffi::PyType_Modified(tp);
     }
     Ok(())
 }
@@ -424,4 +445,129 @@ unsafe extern "C" fn task_traverse(
 ) -> std::ffi::c_int {
     // SAFETY: Task's tp_traverse, called by the GC (see traverse()).
     unsafe { traverse(obj, visit, arg, true) }
+}
+
+// -- call_soon / call_soon_threadsafe ------------------------------------------
+//
+// pyo3 collects `*args` into a tuple; asyncio's most common call,
+// `call_soon(callback, one_arg)`, then pays for a tuple it does not need.
+// These are METH_FASTCALL|METH_KEYWORDS methods that read the argument array
+// directly (see handles::CallArgs) and hand over to LoopCore::schedule_soon.
+
+fn install_call_soon(py: Python<'_>) -> PyResult<()> {
+    let tp = py.get_type::<LoopCore>().as_type_ptr();
+    let methods: [(&'static std::ffi::CStr, ffi::PyCFunctionFastWithKeywords, &'static std::ffi::CStr); 2] = [
+        (
+            c"call_soon",
+            call_soon_fast,
+            c"call_soon(callback, *args, context=None)\n--\n\nArrange for callback(*args) to be called soon, in FIFO order.",
+        ),
+        (
+            c"call_soon_threadsafe",
+            call_soon_threadsafe_fast,
+            c"call_soon_threadsafe(callback, *args, context=None)\n--\n\nLike call_soon(), from any thread; wakes the loop if it sleeps.",
+        ),
+    ];
+    for (name, func, doc) in methods {
+        // The method table entry must outlive the type (forever): leaked
+        // once per process (install() runs once).
+        let def: &'static mut ffi::PyMethodDef = Box::leak(Box::new(ffi::PyMethodDef {
+            ml_name: name.as_ptr(),
+            ml_meth: ffi::PyMethodDefPointer { PyCFunctionFastWithKeywords: func },
+            ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
+            ml_doc: doc.as_ptr(),
+        }));
+        // SAFETY: `tp` is LoopCore's live heap type with no subclasses yet;
+        // PyDescr_NewMethod returns a new reference or NULL with an
+        // exception; its tp_dict is the type's attribute dict.
+        unsafe {
+            let descr = Bound::from_owned_ptr_or_err(py, ffi::PyDescr_NewMethod(tp, def))?;
+            let dict = (*tp).tp_dict;
+            if dict.is_null() || ffi::PyDict_SetItemString(dict, name.as_ptr(), descr.as_ptr()) < 0 {
+                return Err(PyErr::take(py).unwrap_or_else(|| {
+                    pyo3::exceptions::PyRuntimeError::new_err("ferroloop: cannot install call_soon")
+                }));
+            }
+        }
+    }
+    // SAFETY: `tp` is a live type whose dict we changed.
+    unsafe { ffi::PyType_Modified(tp) };
+    Ok(())
+}
+
+/// Parse `(callback, *args, context=None)` from a vectorcall and schedule.
+///
+/// # Safety
+/// Called by CPython as a METH_FASTCALL|METH_KEYWORDS method of LoopCore:
+/// GIL held, `slf` a LoopCore instance (the method descriptor checked it),
+/// `args` holding `nargs` positional then `len(kwnames)` keyword values.
+unsafe fn schedule_fast(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+    threadsafe: bool,
+) -> *mut ffi::PyObject {
+    let name = if threadsafe { "call_soon_threadsafe" } else { "call_soon" };
+    // SAFETY: see the function's contract.
+    let py = unsafe { Python::assume_attached() };
+    let run = || -> PyResult<Py<crate::handles::Handle>> {
+        // SAFETY: see the function's contract.
+        unsafe {
+            let nargs = ffi::PyVectorcall_NARGS(nargsf as usize) as usize;
+            if nargs == 0 {
+                return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+                    "{name}() missing 1 required positional argument: 'callback'"
+                )));
+            }
+            let mut context = None;
+            if !kwnames.is_null() {
+                let names = Borrowed::from_ptr(py, kwnames).cast_unchecked::<pyo3::types::PyTuple>();
+                for (i, key) in names.iter().enumerate() {
+                    if key.eq("context")? {
+                        context = Some(Borrowed::from_ptr(py, *args.add(nargs + i)).to_owned().unbind());
+                    } else {
+                        return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+                            "{name}() got an unexpected keyword argument '{key}'"
+                        )));
+                    }
+                }
+            }
+            let callback = Borrowed::from_ptr(py, *args).to_owned();
+            let call_args = CallArgs::from_array(py, args.add(1), nargs - 1)?;
+            let core = Borrowed::from_ptr(py, slf).cast_unchecked::<LoopCore>();
+            LoopCore::schedule_soon(&core, callback, call_args, context, threadsafe)
+        }
+    };
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+        Ok(Ok(handle)) => handle.into_ptr(),
+        Ok(Err(e)) => {
+            e.restore(py);
+            std::ptr::null_mut()
+        }
+        Err(_) => {
+            pyo3::exceptions::PyRuntimeError::new_err(format!("ferroloop: panic in {name}")).restore(py);
+            std::ptr::null_mut()
+        }
+    }
+}
+
+unsafe extern "C" fn call_soon_fast(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: LoopCore.call_soon, called by CPython (see schedule_fast).
+    unsafe { schedule_fast(slf, args, nargsf, kwnames, false) }
+}
+
+unsafe extern "C" fn call_soon_threadsafe_fast(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: LoopCore.call_soon_threadsafe, called by CPython.
+    unsafe { schedule_fast(slf, args, nargsf, kwnames, true) }
 }

@@ -522,8 +522,10 @@ impl Task {
         r#loop: Option<Bound<'_, PyAny>>,
         name: Option<Bound<'_, PyAny>>,
         context: Option<Py<PyAny>>,
-        eager_start: Option<bool>,
+        eager_start: Option<Bound<'_, PyAny>>,
     ) -> PyResult<()> {
+        // Any truthy value starts eagerly, as in asyncio.
+        let eager_start = eager_start.map(|e| e.is_truthy()).transpose()?;
         let py = slf.py();
         let loop_ = match r#loop {
             Some(l) if !l.is_none() => l,
@@ -671,6 +673,11 @@ impl Task {
     }
 
     fn __clear__(&self) {
+        // A task being collected leaves the registry (as asyncio's weak
+        // reference is cleared) even if a subclass's __del__ skipped ours.
+        Python::attach(|py| {
+            let _ = crate::registry::unregister(py, self);
+        });
         if let Some(mut t) = self.t.try_borrow_for_clear() {
             let coro = t.coro.take();
             let ctx = t.context.take();

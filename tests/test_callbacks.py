@@ -551,3 +551,32 @@ def test_object_holding_its_own_handle_is_freed(loop, schedule):
     run_until_stopped(loop)
     gc.collect()
     assert alive() is None
+
+
+@pytest.mark.parametrize("method", ["call_soon", "call_soon_threadsafe"])
+def test_call_soon_argument_errors(loop, method):
+    schedule = getattr(loop, method)
+    with pytest.raises(TypeError):
+        schedule()
+    with pytest.raises(TypeError, match="unexpected keyword argument 'delay'"):
+        schedule(print, delay=1)
+
+
+@pytest.mark.parametrize("method", ["call_soon", "call_soon_threadsafe"])
+def test_call_soon_passes_every_positional_argument(loop, method):
+    got = []
+    schedule = getattr(loop, method)
+    h0 = schedule(lambda: got.append(()))
+    h1 = schedule(lambda a: got.append((a,)), (1, 2))  # one argument, a tuple
+    h3 = schedule(lambda *a: got.append(a), 1, 2, 3, context=None)
+    assert (h0._args, h1._args, h3._args) == ((), ((1, 2),), (1, 2, 3))
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert got == [(), ((1, 2),), (1, 2, 3)]
+
+
+def test_call_soon_is_introspectable(loop):
+    import inspect
+
+    params = list(inspect.signature(loop.call_soon).parameters)
+    assert params == ["callback", "args", "context"]

@@ -792,3 +792,63 @@ def test_reference_cycles_through_futures_are_collected(loop):
     del task, fut
     gc.collect()
     assert [r() for r in refs] == [None, None, None]
+
+
+def test_remove_done_callback_checks_identity_first(loop):
+    class NeverEqual:
+        def __eq__(self, other):
+            return False
+
+        __hash__ = object.__hash__
+
+        def __call__(self, fut):
+            pass
+
+    cb = NeverEqual()
+    fut = loop.create_future()
+    fut.add_done_callback(cb)
+    assert fut.remove_done_callback(cb) == 1
+
+
+def test_await_uninitialized_future_fails(loop):
+    class Lazy(Future):
+        def __init__(self, *args, **kwargs):
+            pass
+
+    with pytest.raises(RuntimeError, match="not initialized"):
+        iter(Lazy(loop=loop))
+
+
+@pytest.mark.skipif(not PY312, reason="eager tasks are new in Python 3.12")
+def test_eager_start_takes_any_truthy_value(loop):
+    async def main():
+        t = Task(_value_now(), loop=loop, eager_start=1)
+        return t.done()
+
+    assert loop.run_until_complete(main()) is True
+
+
+async def _value_now():
+    return 1
+
+
+def test_future_callbacks_go_through_an_overridden_call_soon(loop_factory):
+    probe = loop_factory()
+    base = type(probe)
+    probe.close()
+    calls = []
+
+    class Counting(base):
+        def call_soon(self, callback, *args, context=None):
+            calls.append(callback)
+            return super().call_soon(callback, *args, context=context)
+
+    loop = Counting()
+    try:
+        fut = loop.create_future()
+        fut.add_done_callback(lambda f: None)
+        fut.set_result(1)
+        assert len(calls) == 1
+        loop.run_until_complete(asyncio.sleep(0))
+    finally:
+        loop.close()
