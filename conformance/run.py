@@ -132,13 +132,19 @@ DEFAULT_MODULES = (
     "test_queues", "test_taskgroups", "test_timeouts", "test_runners",
     "test_waitfor", "test_pep492", "test_context", "test_threads",
     "test_events", "test_eager_task_factory",
+    # Streams, subprocesses and TLS run asyncio's own transports over the
+    # native loop and, since issue 4, on native futures and tasks: kept in
+    # the default run so that neither can break them unnoticed.
+    "test_streams", "test_subprocess", "test_ssl", "test_sslproto",
+    "test_unix_events", "test_base_events",
 )
 # Submission order: longest first, so that -j2 packs well.  Measured per
 # run on this 2-core machine (3.11-3.13): test_tasks 23-31s, test_events
 # 9-15s on asyncio (all selector classes) / ~4s on ferroloop, test_taskgroups
 # ~6s, everything else < 4s.  A full asyncio+ferroloop comparison takes
 # ~2 min per Python at -j1, ~1 min at -j2.
-DURATION_HINT = {"test_tasks": 30, "test_events": 20, "test_taskgroups": 6,
+DURATION_HINT = {"test_tasks": 30, "test_events": 20, "test_subprocess": 13,
+                 "test_ssl": 11, "test_taskgroups": 6, "test_sslproto": 5,
                  "test_futures": 3}
 
 # ferroloop-mode test id fragment -> baseline id fragment (see docstring 4.)
