@@ -852,3 +852,25 @@ def test_future_callbacks_go_through_an_overridden_call_soon(loop_factory):
         loop.run_until_complete(asyncio.sleep(0))
     finally:
         loop.close()
+
+
+def test_futures_and_tasks_duck_type_like_asyncios(loop):
+    import collections.abc
+    import inspect
+
+    async def main():
+        fut = loop.create_future()
+        task = loop.create_task(_value(0))
+        for obj in (fut, task):
+            assert inspect.isawaitable(obj)
+            assert isinstance(obj, collections.abc.Awaitable)
+            assert not isinstance(obj, collections.abc.Coroutine)
+            assert not isinstance(obj, collections.abc.Iterator)
+            assert not asyncio.iscoroutine(obj)
+            assert asyncio.ensure_future(obj) is obj
+            assert hash(obj) == hash(obj) and obj == obj
+        assert fut != loop.create_future()
+        fut.cancel()
+        await task
+
+    loop.run_until_complete(main())
