@@ -164,8 +164,9 @@ impl LoopCore {
     }
 
     /// Whether native futures of this loop may put their callbacks straight
-    /// into the ready queue: yes unless a subclass overrides `call_soon`,
-    /// which asyncio's futures would call (checked once per loop).
+    /// into the ready queue: yes unless a subclass overrides `call_soon` or
+    /// it is replaced on the instance (`_route_callbacks_through_call_soon`),
+    /// since asyncio's futures would call it (the class is checked once).
     pub fn accepts_native_callbacks(slf: &Bound<'_, Self>) -> bool {
         let this = slf.get();
         match this.native_callbacks.load(Ordering::Relaxed) {
@@ -184,13 +185,15 @@ impl LoopCore {
     }
 
     /// Queue a native future/task callback, as `call_soon` would a handle.
-    /// In debug mode the callback is handed back: it must go through
-    /// `call_soon` to get a Handle with its traceback and timing.
+    /// In debug mode, or once `call_soon` was replaced (see
+    /// `accepts_native_callbacks`), the callback is handed back: it must go
+    /// through `call_soon` (in debug mode, for a Handle with its traceback
+    /// and timing).
     #[inline]
     pub fn push_native(slf: &Bound<'_, Self>, cb: NativeCallback) -> PyResult<Option<NativeCallback>> {
         let this = slf.get();
         this.check_closed()?;
-        if this.is_debug() {
+        if this.is_debug() || !Self::accepts_native_callbacks(slf) {
             return Ok(Some(cb));
         }
         this.state.borrow_mut(slf.py())?.ready.push_back(Callback::Native(cb));
@@ -844,6 +847,12 @@ impl LoopCore {
         all.set_item(intern!(py, "name"), name)?;
         all.set_item(intern!(py, "context"), context)?;
         Ok(slf.call_method(intern!(py, "_create_task_py"), (coro,), Some(&all))?.unbind())
+    }
+
+    /// Called when `call_soon` is replaced on this loop (Loop.__setattr__):
+    /// from now on native futures call it, as asyncio's futures would.
+    fn _route_callbacks_through_call_soon(&self) {
+        self.native_callbacks.store(2, Ordering::Relaxed);
     }
 
     #[getter(_task_factory)]

@@ -874,3 +874,20 @@ def test_futures_and_tasks_duck_type_like_asyncios(loop):
         await task
 
     loop.run_until_complete(main())
+
+
+def test_future_callbacks_go_through_a_replaced_call_soon(loop):
+    calls = []
+    original = loop.call_soon
+
+    def counting(callback, *args, context=None):
+        calls.append(callback)
+        return original(callback, *args, context=context)
+
+    fut = loop.create_future()  # made before the replacement
+    fut.add_done_callback(lambda f: None)
+    loop.call_soon = counting
+    fut.set_result(1)
+    assert len(calls) == 1
+    loop.run_until_complete(asyncio.sleep(0))
+    assert len(calls) > 1  # the task steps of run_until_complete too

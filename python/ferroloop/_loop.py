@@ -99,6 +99,14 @@ class Loop(_ferroloop.LoopCore, unix_events.SelectorEventLoop):
         self._claimed_wakeup_fd = False
         self._old_agen_hooks = None
 
+    def __setattr__(self, name, value):
+        if name == 'call_soon':
+            # Native futures queue their callbacks without calling
+            # call_soon; a replacement (a wrapper, a mock) must see them, as
+            # it would with asyncio's futures.
+            self._route_callbacks_through_call_soon()
+        super().__setattr__(name, value)
+
     # -- running ---------------------------------------------------------
 
     def _run_forever_setup(self):
