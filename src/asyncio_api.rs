@@ -9,6 +9,8 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PySet, PyType};
 
+use crate::hooks::repr_of;
+
 pub struct AsyncioApi {
     pub cancelled_error: Py<PyType>,
     pub invalid_state_error: Py<PyType>,
@@ -87,8 +89,8 @@ impl AsyncioApi {
                 let running = Borrowed::from_ptr(py, running).to_owned();
                 return Err(PyRuntimeError::new_err(format!(
                     "Cannot enter into task {} while another task {} is being executed.",
-                    repr(task),
-                    repr(&running)
+                    repr_of(task),
+                    repr_of(&running)
                 )));
             }
             if ffi::PyErr_Occurred().is_null() && ffi::PyDict_SetItem(dict, loop_.as_ptr(), task.as_ptr()) == 0 {
@@ -118,11 +120,11 @@ impl AsyncioApi {
             let current = if running.is_null() {
                 "None".to_owned()
             } else {
-                repr(&Borrowed::from_ptr(py, running).to_owned())
+                repr_of(&Borrowed::from_ptr(py, running).to_owned())
             };
             Err(PyRuntimeError::new_err(format!(
                 "Leaving task {} does not match the current task {}.",
-                repr(task),
+                repr_of(task),
                 current
             )))
         }
@@ -147,8 +149,4 @@ impl AsyncioApi {
         }
         Ok(previous)
     }
-}
-
-pub fn repr(obj: &Bound<'_, PyAny>) -> String {
-    obj.repr().map(|r| r.to_string()).unwrap_or_else(|_| "<object>".to_owned())
 }

@@ -8,15 +8,14 @@
 //! another loop, or debug mode, whose handles carry source tracebacks and
 //! slow-callback timing -- `call_soon` turns them back into asyncio's calls.
 
-use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
 use crate::future::DoneCallback;
-use crate::handles::{CallArgs, Handle, LoopRef};
+use crate::handles::{is_fatal, run_in_context, CallArgs, Handle, LoopRef};
 use crate::hooks::call_hook;
-use crate::task::{enter_context, exit_context, Task};
+use crate::task::Task;
 
 pub enum NativeCallback {
     /// `callback(future)` in `context`.
@@ -75,32 +74,17 @@ impl NativeCallback {
     pub fn run(&self, py: Python<'_>, loop_: &Bound<'_, PyAny>) -> PyResult<()> {
         let outcome = match self {
             NativeCallback::Done { callback, future, context } => {
-                enter_context(py, context)?;
-                let r = callback.bind(py).call1((future,)).map(drop);
-                let exited = exit_context(py, context);
-                r.and(exited)
+                run_in_context(py, context, || callback.bind(py).call1((future,)).map(drop))
             }
             NativeCallback::Wakeup { task, future } => {
-                let ctx = task.get().context(py)?;
-                enter_context(py, &ctx)?;
-                let r = Task::wakeup(task.bind(py), future.bind(py));
-                let exited = exit_context(py, &ctx);
-                r.and(exited)
+                run_in_context(py, &task.get().context(py)?, || Task::wakeup(task.bind(py), future.bind(py)))
             }
-            NativeCallback::Step { task, exc } => {
-                let ctx = task.get().context(py)?;
-                enter_context(py, &ctx)?;
-                let r = Task::step(task.bind(py), exc.as_ref().map(|e| e.bind(py).clone()));
-                let exited = exit_context(py, &ctx);
-                r.and(exited)
-            }
+            NativeCallback::Step { task, exc } => run_in_context(py, &task.get().context(py)?, || {
+                Task::step(task.bind(py), exc.as_ref().map(|e| e.bind(py).clone()))
+            }),
         };
         match outcome {
-            Err(err)
-                if !(err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py)) =>
-            {
-                self.report(py, loop_, err)
-            }
+            Err(err) if !is_fatal(py, &err) => self.report(py, loop_, err),
             other => other,
         }
     }

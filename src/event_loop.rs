@@ -36,7 +36,7 @@ use crate::gil_cell::GilCell;
 use crate::handles::{
     new_untracked, pool_handle, take_pooled, trim_pool, CallArgs, Handle, LoopRef, TimerHandle,
 };
-use crate::hooks::call_hook;
+use crate::hooks::{call_hook, repr_of};
 use crate::poller::{FdInterest, Poller, Ready};
 use crate::scheduler::TimerHeap;
 use crate::task::Task;
@@ -149,9 +149,6 @@ fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
         .map_err(|_| PyValueError::new_err(format!("Invalid file descriptor: {fd}")))
 }
 
-fn repr_of(obj: &Bound<'_, PyAny>) -> String {
-    obj.repr().map(|r| r.to_string()).unwrap_or_else(|_| "<object>".to_owned())
-}
 
 fn closed_error() -> PyErr {
     PyRuntimeError::new_err("Event loop is closed")

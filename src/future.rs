@@ -57,8 +57,6 @@ pub enum DoneCallback {
 pub struct FutureState {
     /// None until `__init__` ran ("uninitialized" in asyncio's words).
     pub loop_: Option<Py<PyAny>>,
-    /// The loop is a ferroloop loop: callbacks can use its native queue.
-    pub native_loop: bool,
     pub phase: Phase,
     pub result: Option<Py<PyAny>>,
     pub exception: Option<Py<PyAny>>,
@@ -87,26 +85,18 @@ pub fn invalid_state(py: Python<'_>, msg: &str) -> PyErr {
     }
 }
 
-/// How a ferroloop loop takes a native callback: None when it queued it,
-/// or the callback back when it must go through `call_soon` (debug mode).
-pub(crate) fn queue_native(
-    loop_: &Bound<'_, PyAny>,
-    native: bool,
-    cb: NativeCallback,
-) -> PyResult<()> {
-    let py = loop_.py();
-    let cb = if native {
-        match loop_.cast::<LoopCore>() {
-            Ok(core) => match LoopCore::push_native(core, cb)? {
-                None => return Ok(()),
-                Some(back) => back,
-            },
-            Err(_) => cb,
-        }
-    } else {
-        cb
+/// Schedule a future's or task's callback: into a ferroloop loop's queue
+/// when it takes it (see `LoopCore::push_native`), else through
+/// `loop.call_soon()`.
+pub(crate) fn queue_native(loop_: &Bound<'_, PyAny>, cb: NativeCallback) -> PyResult<()> {
+    let cb = match loop_.cast::<LoopCore>() {
+        Ok(core) => match LoopCore::push_native(core, cb)? {
+            None => return Ok(()),
+            Some(back) => back,
+        },
+        Err(_) => cb,
     };
-    cb.call_soon(py, loop_)
+    cb.call_soon(loop_.py(), loop_)
 }
 
 impl Future {
@@ -116,16 +106,16 @@ impl Future {
 
     /// A pending future of `loop_` (what `__init__` does).
     pub fn init_state(py: Python<'_>, loop_: Bound<'_, PyAny>) -> PyResult<FutureState> {
-        let (native_loop, debug) = match loop_.cast::<LoopCore>() {
-            Ok(core) => (LoopCore::accepts_native_callbacks(core), core.get().is_debug()),
-            Err(_) => (false, loop_.call_method0(pyo3::intern!(py, "get_debug"))?.is_truthy()?),
+        let debug = match loop_.cast::<LoopCore>() {
+            Ok(core) => core.get().is_debug(),
+            Err(_) => loop_.call_method0(pyo3::intern!(py, "get_debug"))?.is_truthy()?,
         };
         let source_traceback = if debug && !is_finalizing(py) {
             Some(call_hook(py, "extract_stack", ())?.unbind())
         } else {
             None
         };
-        Ok(FutureState { loop_: Some(loop_.unbind()), native_loop, source_traceback, ..Default::default() })
+        Ok(FutureState { loop_: Some(loop_.unbind()), source_traceback, ..Default::default() })
     }
 
     pub fn loop_of<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
@@ -200,10 +190,10 @@ impl Future {
     /// Mark done and queue the callbacks (asyncio's `__schedule_callbacks`).
     fn schedule_callbacks(slf: &Bound<'_, Future>) -> PyResult<()> {
         let py = slf.py();
-        let (callbacks, loop_, native) = {
+        let (callbacks, loop_) = {
             let mut st = slf.get().st.borrow_mut(py)?;
             let loop_ = st.loop_.as_ref().map(|l| l.clone_ref(py)).ok_or_else(not_initialized)?;
-            (std::mem::take(&mut st.callbacks), loop_, st.native_loop)
+            (std::mem::take(&mut st.callbacks), loop_)
         };
         if !crate::native_types::is_exact_future(slf.as_any()) {
             if let Ok(task) = slf.cast::<Task>() {
@@ -213,7 +203,7 @@ impl Future {
         }
         let loop_ = loop_.bind(py);
         for cb in callbacks {
-            queue_native(loop_, native, NativeCallback::from_done(cb, slf.clone().into_any().unbind()))?;
+            queue_native(loop_, NativeCallback::from_done(cb, slf.clone().into_any().unbind()))?;
         }
         Ok(())
     }
@@ -316,7 +306,7 @@ impl Future {
     /// `add_done_callback` for a callback already in native form.
     pub fn add_done(slf: &Bound<'_, Future>, cb: DoneCallback) -> PyResult<()> {
         let py = slf.py();
-        let (loop_, native) = {
+        let loop_ = {
             let mut st = slf.get().st.borrow_mut(py)?;
             let Some(loop_) = st.loop_.as_ref().map(|l| l.clone_ref(py)) else {
                 return Err(PyRuntimeError::new_err("uninitialized Future object"));
@@ -325,9 +315,9 @@ impl Future {
                 st.callbacks.push(cb);
                 return Ok(());
             }
-            (loop_, st.native_loop)
+            loop_
         };
-        queue_native(loop_.bind(py), native, NativeCallback::from_done(cb, slf.clone().into_any().unbind()))
+        queue_native(loop_.bind(py), NativeCallback::from_done(cb, slf.clone().into_any().unbind()))
     }
 
     /// Whether `obj` is exactly a native Future or Task (not a subclass):

@@ -232,9 +232,29 @@ pub fn new_untracked<T: pyo3::PyClass>(py: Python<'_>, init: impl Into<PyClassIn
     Ok(obj)
 }
 
+/// Run `f` inside the contextvars context `ctx` (what `Context.run` does
+/// for a handle's callback): an error from entering or leaving it is
+/// returned too, after `f`'s own.
+pub fn run_in_context<T>(py: Python<'_>, ctx: &Py<PyAny>, f: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
+    // SAFETY: `ctx` is a live object; PyContext_Enter checks its type and
+    // fails with an exception set (TypeError, or RuntimeError when already
+    // entered) without side effects.
+    if unsafe { ffi::PyContext_Enter(ctx.as_ptr()) } < 0 {
+        return Err(PyErr::fetch(py));
+    }
+    let result = f();
+    // SAFETY: we entered `ctx` above on this thread and `f` cannot leave it
+    // entered-by-someone-else: Context.run/enter calls nest.
+    if unsafe { ffi::PyContext_Exit(ctx.as_ptr()) } < 0 {
+        let exit_err = PyErr::fetch(py);
+        return result.and(Err(exit_err));
+    }
+    result
+}
+
 /// True for the exceptions that must leave the loop instead of going to the
 /// exception handler.
-fn is_fatal(py: Python<'_>, err: &PyErr) -> bool {
+pub(crate) fn is_fatal(py: Python<'_>, err: &PyErr) -> bool {
     err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py)
 }
 
@@ -350,20 +370,7 @@ impl Handle {
                 None => return Ok(()),
             }
         };
-        let ctx = context.as_ptr();
-        // SAFETY: `ctx` is a live object we hold a reference to;
-        // PyContext_Enter checks its type and fails with TypeError/RuntimeError
-        // (already entered) without side effects.
-        if unsafe { ffi::PyContext_Enter(ctx) } < 0 {
-            return Err(PyErr::fetch(py));
-        }
-        let mut result = callable.args.call(callable.callback.bind(py)).map(drop);
-        // SAFETY: we entered `ctx` above on this thread and the callback cannot
-        // leave it entered-by-someone-else: Context.run/enter calls nest.
-        if unsafe { ffi::PyContext_Exit(ctx) } < 0 {
-            let exit_err = PyErr::fetch(py);
-            result = result.and(Err(exit_err));
-        }
+        let result = run_in_context(py, &context, || callable.args.call(callable.callback.bind(py)).map(drop));
         if give_up && result.is_err() {
             let mut slot = self.slot.borrow_mut(py)?;
             if slot.callable.is_none() && !self.is_cancelled() {

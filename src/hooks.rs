@@ -19,3 +19,8 @@ where
 {
     hooks(py)?.getattr(name)?.call1(args)
 }
+
+/// `repr(obj)` for an error message, or a placeholder if repr itself fails.
+pub fn repr_of(obj: &Bound<'_, PyAny>) -> String {
+    obj.repr().map(|r| r.to_string()).unwrap_or_else(|_| "<object>".to_owned())
+}

@@ -16,18 +16,18 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PyStopIteration, PySystemExit, PyTypeError};
+use pyo3::exceptions::{PyRuntimeError, PyStopIteration, PyTypeError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::asyncio_api::{api, repr};
+use crate::asyncio_api::api;
 use crate::callbacks::NativeCallback;
 use crate::future::{queue_native, DoneCallback, Future, FutureState, Phase};
 use crate::gil_cell::GilCell;
-use crate::handles::copy_current_context;
-use crate::hooks::call_hook;
+use crate::handles::{copy_current_context, is_fatal, run_in_context};
+use crate::hooks::{call_hook, repr_of};
 
 /// asyncio numbers unnamed tasks `Task-1`, `Task-2`, ...
 static TASK_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -92,10 +92,6 @@ fn throw_into<'py>(coro: &Bound<'py, PyAny>, exc: &Bound<'py, PyAny>) -> Sent<'p
         }
         Err(e) => Sent::Raised(e),
     }
-}
-
-fn is_fatal(py: Python<'_>, err: &PyErr) -> bool {
-    err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py)
 }
 
 /// Cancel any future-like object: natively for exact native classes, else
@@ -171,7 +167,7 @@ impl Task {
             || api.iscoroutine.bind(py).call1((&coro,))?.is_truthy()?;
         if !is_coro {
             slf.get().t.borrow_mut(py)?.log_destroy_pending = false;
-            return Err(PyTypeError::new_err(format!("a coroutine was expected, got {}", repr(&coro))));
+            return Err(PyTypeError::new_err(format!("a coroutine was expected, got {}", repr_of(&coro))));
         }
         let name = match name {
             Some(n) if !n.is_none() => {
@@ -224,35 +220,29 @@ impl Task {
         if let Some(set) = eager {
             set.add(slf)?;
         }
-        let ctx = slf.get().context(py)?;
-        enter_context(py, &ctx)?;
-        let outcome = Task::step_impl(slf, None);
-        let swapped = api.swap_current_task(&loop_, &previous);
-        let unlisted = match eager {
-            Some(set) => set.discard(slf).map(drop),
-            None => Ok(()),
-        };
-        let exited = exit_context(py, &ctx);
+        let outcome = run_in_context(py, &slf.get().context(py)?, || {
+            let stepped = Task::step_impl(slf, None);
+            let swapped = api.swap_current_task(&loop_, &previous);
+            let unlisted = match eager {
+                Some(set) => set.discard(slf).map(drop),
+                None => Ok(()),
+            };
+            stepped.and(swapped.map(drop)).and(unlisted)
+        });
         if slf.as_super().get().phase(py)? == Phase::Pending {
             Task::register(slf)?;
         } else {
             let coro = slf.get().t.borrow_mut(py)?.coro.take();
             drop(coro);
         }
-        outcome.and(swapped.map(drop)).and(unlisted).and(exited)
+        outcome
     }
 
     /// Queue a step (with an exception to throw in, or None).
     pub fn call_step_soon(slf: &Bound<'_, Task>, exc: Option<Py<PyAny>>) -> PyResult<()> {
         let py = slf.py();
-        let (loop_, native) = {
-            let st = slf.as_super().get().st.borrow_mut(py)?;
-            match &st.loop_ {
-                Some(l) => (l.clone_ref(py), st.native_loop),
-                None => return Err(PyRuntimeError::new_err("Future object is not initialized.")),
-            }
-        };
-        queue_native(loop_.bind(py), native, NativeCallback::Step { task: slf.clone().unbind(), exc })
+        let loop_ = slf.as_super().get().loop_of(py)?;
+        queue_native(&loop_, NativeCallback::Step { task: slf.clone().unbind(), exc })
     }
 
     fn set_error_soon(slf: &Bound<'_, Task>, msg: String) -> PyResult<()> {
@@ -278,10 +268,10 @@ impl Task {
         let py = slf.py();
         let fut = slf.as_super();
         if fut.get().phase(py)? != Phase::Pending {
-            let exc_repr = exc.as_ref().map_or_else(|| "None".to_owned(), repr);
+            let exc_repr = exc.as_ref().map_or_else(|| "None".to_owned(), repr_of);
             return Err(crate::future::invalid_state(
                 py,
-                &format!("_step(): already done: {} {}", repr(slf.as_any()), exc_repr),
+                &format!("_step(): already done: {} {}", repr_of(slf.as_any()), exc_repr),
             ));
         }
         let mut exc = exc;
@@ -346,7 +336,7 @@ impl Task {
     fn handle_yield(slf: &Bound<'_, Task>, result: Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         if result.is(slf) {
-            return Task::set_error_soon(slf, format!("Task cannot await on itself: {}", repr(slf.as_any())));
+            return Task::set_error_soon(slf, format!("Task cannot await on itself: {}", repr_of(slf.as_any())));
         }
         let task_loop = slf.as_super().get().loop_of(py)?;
         if Future::is_exact_native(&result) {
@@ -380,12 +370,12 @@ impl Task {
                         slf,
                         format!(
                             "yield was used instead of yield from for generator in task {} with {}",
-                            repr(slf.as_any()),
-                            repr(&result)
+                            repr_of(slf.as_any()),
+                            repr_of(&result)
                         ),
                     );
                 }
-                return Task::set_error_soon(slf, format!("Task got bad yield: {}", repr(&result)));
+                return Task::set_error_soon(slf, format!("Task got bad yield: {}", repr_of(&result)));
             }
         };
         let other_loop = future_loop(&result)?;
@@ -427,14 +417,14 @@ impl Task {
     fn different_loop(slf: &Bound<'_, Task>, result: &Bound<'_, PyAny>) -> PyResult<()> {
         Task::set_error_soon(
             slf,
-            format!("Task {} got Future {} attached to a different loop", repr(slf.as_any()), repr(result)),
+            format!("Task {} got Future {} attached to a different loop", repr_of(slf.as_any()), repr_of(result)),
         )
     }
 
     fn yield_instead_of_yield_from(slf: &Bound<'_, Task>, result: &Bound<'_, PyAny>) -> PyResult<()> {
         Task::set_error_soon(
             slf,
-            format!("yield was used instead of yield from in task {} with {}", repr(slf.as_any()), repr(result)),
+            format!("yield was used instead of yield from in task {} with {}", repr_of(slf.as_any()), repr_of(result)),
         )
     }
 
@@ -488,23 +478,6 @@ fn future_loop<'py>(fut: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         Some(get_loop) => get_loop.call0(),
         None => fut.getattr(pyo3::intern!(py, "_loop")),
     }
-}
-
-pub fn enter_context(py: Python<'_>, ctx: &Py<PyAny>) -> PyResult<()> {
-    // SAFETY: `ctx` is a live object; PyContext_Enter type-checks it and
-    // fails with an exception set (no side effects) when it cannot enter.
-    if unsafe { ffi::PyContext_Enter(ctx.as_ptr()) } < 0 {
-        return Err(PyErr::fetch(py));
-    }
-    Ok(())
-}
-
-pub fn exit_context(py: Python<'_>, ctx: &Py<PyAny>) -> PyResult<()> {
-    // SAFETY: called after a successful enter_context(ctx) on this thread.
-    if unsafe { ffi::PyContext_Exit(ctx.as_ptr()) } < 0 {
-        return Err(PyErr::fetch(py));
-    }
-    Ok(())
 }
 
 #[pymethods]
