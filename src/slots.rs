@@ -29,6 +29,24 @@ static TASK_DEALLOC: OnceLock<Option<ffi::destructor>> = OnceLock::new();
 /// The slots are patched once per process (the type objects are too).
 static INSTALLED: AtomicBool = AtomicBool::new(false);
 
+/// Run `f` so that no panic can unwind into CPython (which would abort the
+/// process): a panic becomes a RuntimeError naming `what`.
+fn no_unwind<T>(what: &str, f: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|_| Err(pyo3::exceptions::PyRuntimeError::new_err(format!("ferroloop: panic in {what}"))))
+}
+
+/// A slot's return value: a new reference, or NULL with the error set.
+fn into_slot_result<T>(py: Python<'_>, result: PyResult<Py<T>>) -> *mut ffi::PyObject {
+    match result {
+        Ok(obj) => obj.into_ptr(),
+        Err(e) => {
+            e.restore(py);
+            std::ptr::null_mut()
+        }
+    }
+}
+
 pub fn install(py: Python<'_>) -> PyResult<()> {
     let future_type = py.get_type::<Future>();
     let task_type = py.get_type::<Task>();
@@ -179,14 +197,8 @@ unsafe extern "C" fn finalize(obj: *mut ffi::PyObject) {
     };
     // SAFETY: `obj` is live for the duration of this call (see above).
     let object = unsafe { Bound::from_borrowed_ptr(py, obj) };
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| report_unfinished(&object)));
-    match outcome {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => err.write_unraisable(py, Some(&object)),
-        Err(_) => {
-            pyo3::exceptions::PyRuntimeError::new_err("ferroloop: panic in a future's finalizer")
-                .write_unraisable(py, Some(&object))
-        }
+    if let Err(err) = no_unwind("a future's finalizer", || report_unfinished(&object)) {
+        err.write_unraisable(py, Some(&object));
     }
     drop(object);
     // SAFETY: restores exactly what PyErr_Fetch took (possibly nothing).
@@ -268,18 +280,7 @@ unsafe extern "C" fn future_await(obj: *mut ffi::PyObject) -> *mut ffi::PyObject
     // instance of Future or a subclass (the slots are Future's).
     let py = unsafe { Python::assume_attached() };
     let fut = unsafe { Bound::from_borrowed_ptr(py, obj).cast_into_unchecked::<Future>() };
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| FutureIter::over(&fut)));
-    match outcome {
-        Ok(Ok(it)) => it.into_ptr(),
-        Ok(Err(e)) => {
-            e.restore(py);
-            std::ptr::null_mut()
-        }
-        Err(_) => {
-            pyo3::exceptions::PyRuntimeError::new_err("ferroloop: panic in __await__").restore(py);
-            std::ptr::null_mut()
-        }
-    }
+    into_slot_result(py, no_unwind("__await__", || FutureIter::over(&fut)))
 }
 
 static ITER_DEALLOC: OnceLock<Option<ffi::destructor>> = OnceLock::new();
@@ -322,10 +323,7 @@ fn advance(obj: *mut ffi::PyObject) -> PyResult<IterStep> {
     let it = unsafe { Bound::from_borrowed_ptr(py, obj) };
     // SAFETY: these slots are FutureIter's, a final type (no subclasses).
     let it = unsafe { it.cast_unchecked::<FutureIter>() };
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| it.get().advance(py))) {
-        Ok(step) => step,
-        Err(_) => Err(pyo3::exceptions::PyRuntimeError::new_err("ferroloop: panic in await")),
-    }
+    no_unwind("await", || it.get().advance(py))
 }
 
 /// Raise StopIteration(value) the way CPython's generators do: the bare
@@ -539,17 +537,7 @@ unsafe fn schedule_fast(
             LoopCore::schedule_soon(&core, callback, call_args, context, threadsafe)
         }
     };
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
-        Ok(Ok(handle)) => handle.into_ptr(),
-        Ok(Err(e)) => {
-            e.restore(py);
-            std::ptr::null_mut()
-        }
-        Err(_) => {
-            pyo3::exceptions::PyRuntimeError::new_err(format!("ferroloop: panic in {name}")).restore(py);
-            std::ptr::null_mut()
-        }
-    }
+    into_slot_result(py, no_unwind(name, run))
 }
 
 unsafe extern "C" fn call_soon_fast(
