@@ -16,6 +16,7 @@ use crate::future::DoneCallback;
 use crate::handles::{is_fatal, run_in_context, CallArgs, Handle, LoopRef};
 use crate::hooks::call_hook;
 use crate::task::Task;
+use crate::transport::StreamTransport;
 
 pub enum NativeCallback {
     /// `callback(future)` in `context`.
@@ -24,6 +25,9 @@ pub enum NativeCallback {
     Wakeup { task: Py<Task>, future: Py<PyAny> },
     /// A task's next step, optionally throwing `exc` into the coroutine.
     Step { task: Py<Task>, exc: Option<Py<PyAny>> },
+    /// A native transport's fd is ready (or owed a read attempt); `drain`:
+    /// read until EAGAIN or EOF even after a short read.
+    Io { transport: Py<StreamTransport>, readable: bool, writable: bool, drain: bool },
 }
 
 impl NativeCallback {
@@ -55,6 +59,14 @@ impl NativeCallback {
                 },
                 task.get().context(py)?,
             ),
+            NativeCallback::Io { transport, readable, writable, drain } => (
+                transport.bind(py).getattr(intern!(py, "_io_ready"))?,
+                PyTuple::new(py, [*readable, *writable, *drain])?,
+                match transport.get().context(py)? {
+                    Some(c) => c,
+                    None => crate::handles::copy_current_context(py)?,
+                },
+            ),
         })
     }
 
@@ -82,6 +94,12 @@ impl NativeCallback {
             NativeCallback::Step { task, exc } => run_in_context(py, &task.get().context(py)?, || {
                 Task::step(task.bind(py), exc.as_ref().map(|e| e.bind(py).clone()))
             }),
+            NativeCallback::Io { transport, readable, writable, drain } => match transport.get().context(py)? {
+                Some(ctx) => run_in_context(py, &ctx, || {
+                    StreamTransport::on_io(transport.bind(py), *readable, *writable, *drain)
+                }),
+                None => Ok(()), // released: nothing left to do
+            },
         };
         match outcome {
             Err(err) if !is_fatal(py, &err) => self.report(py, loop_, err),

@@ -40,6 +40,7 @@ use crate::hooks::{call_hook, repr_of};
 use crate::poller::{FdInterest, Poller, Ready};
 use crate::scheduler::TimerHeap;
 use crate::task::Task;
+use crate::transport::StreamTransport;
 
 /// asyncio's cap on one wait for a timer (`MAXIMUM_SELECT_TIMEOUT`).
 const MAXIMUM_SELECT_TIMEOUT: f64 = 24.0 * 3600.0;
@@ -87,6 +88,12 @@ struct State {
     timers: TimerHeap<Py<TimerHandle>>,
     readers: HashMap<RawFd, Py<Handle>>,
     writers: HashMap<RawFd, Py<Handle>>,
+    /// Native transports by fd (registered edge-triggered with the poller).
+    transports: HashMap<RawFd, Py<StreamTransport>>,
+    /// Transports owed a read attempt at the next I/O dispatch: reading
+    /// started or resumed (an edge may have passed meanwhile), or a read cut
+    /// short to let other callbacks run.
+    io_retry: Vec<Py<StreamTransport>>,
     io_events: Vec<Ready>,
 }
 
@@ -155,6 +162,11 @@ fn closed_error() -> PyErr {
 }
 
 impl LoopCore {
+    #[inline]
+    pub fn is_closed_flag(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
     #[inline]
     pub fn is_debug(&self) -> bool {
         self.debug.load(Ordering::Relaxed)
@@ -381,7 +393,7 @@ impl LoopCore {
                     this.cancelled_timers.fetch_sub(n.min(cancelled), Ordering::Relaxed);
                 }
             }
-            if !st.ready.is_empty() || this.stopping.load(Ordering::Relaxed) {
+            if !st.ready.is_empty() || !st.io_retry.is_empty() || this.stopping.load(Ordering::Relaxed) {
                 Some(Duration::ZERO)
             } else if let Some(when) = st.timers.next_deadline() {
                 let secs = (when - monotonic()).clamp(0.0, MAXIMUM_SELECT_TIMEOUT);
@@ -435,9 +447,38 @@ impl LoopCore {
                             }
                         }
                     }
+                    Ready::Edge { fd, readable, writable, closed } => {
+                        if let Some(t) = st.transports.get(&fd) {
+                            // Only what asyncio's selector would report now:
+                            // reads if a reader is registered, writes if
+                            // data waits (else nothing to run at all).
+                            let (reading, writing) = t.get().watching(py);
+                            let (readable, writable) = (readable && reading, writable && writing);
+                            if readable || writable {
+                                let transport = t.clone_ref(py);
+                                let cb = NativeCallback::Io { transport, readable, writable, drain: closed };
+                                st.ready.push_back(Callback::Native(cb));
+                            }
+                        }
+                    }
                 }
             }
             st.io_events = events;
+        }
+        {
+            // Read retries join the I/O callbacks, in the order asked for.
+            let mut st = this.state.borrow_mut(py)?;
+            if !st.io_retry.is_empty() {
+                let st = &mut *st;
+                for transport in st.io_retry.drain(..) {
+                    st.ready.push_back(Callback::Native(NativeCallback::Io {
+                        transport,
+                        readable: true,
+                        writable: false,
+                        drain: true,
+                    }));
+                }
+            }
         }
         if signals_pending {
             let mut signums: SmallVec<[u8; 8]> = SmallVec::new();
@@ -610,6 +651,50 @@ impl LoopCore {
         }
         old.bind(py).call_method0("cancel")?;
         Ok(true)
+    }
+
+    /// Watch a native transport's fd; its readiness reaches
+    /// `StreamTransport::on_io` through the ready queue.
+    pub fn watch_transport(slf: &Bound<'_, Self>, fd: RawFd, transport: Py<StreamTransport>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed()?;
+        match this.poller.borrow_mut(py)?.as_mut() {
+            Some(p) => p.register_edge(fd)?,
+            None => return Err(closed_error()),
+        }
+        let old = this.state.borrow_mut(py)?.transports.insert(fd, transport);
+        drop(old);
+        Ok(())
+    }
+
+    /// Stop watching `fd` for the transport at `owner` (a transport that
+    /// took the same fd number since is left alone).
+    pub fn unwatch_transport(slf: &Bound<'_, Self>, fd: RawFd, owner: *mut pyo3::ffi::PyObject) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let removed = {
+            let mut st = this.state.borrow_mut(py)?;
+            match st.transports.get(&fd) {
+                Some(t) if t.as_ptr() == owner => st.transports.remove(&fd),
+                _ => return Ok(()),
+            }
+        };
+        if let Some(p) = this.poller.borrow_mut(py)?.as_mut() {
+            p.deregister_edge(fd)?;
+        }
+        drop(removed);
+        Ok(())
+    }
+
+    /// Give `transport` a read attempt at the next I/O dispatch.
+    pub fn retry_io(slf: &Bound<'_, Self>, transport: Py<StreamTransport>) -> PyResult<()> {
+        let this = slf.get();
+        if this.closed.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        this.state.borrow_mut(slf.py())?.io_retry.push(transport);
+        Ok(())
     }
 
     fn wake(&self, py: Python<'_>) -> PyResult<()> {

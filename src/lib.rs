@@ -16,6 +16,7 @@ mod poller;
 mod registry;
 mod slots;
 mod task;
+mod transport;
 pub mod scheduler;
 
 /// The loop's state is protected by the GIL (see gil_cell.rs), so the module
@@ -28,6 +29,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<future::Future>()?;
     m.add_class::<future::FutureIter>()?;
     m.add_class::<task::Task>()?;
+    m.add_class::<transport::StreamTransport>()?;
     m.add_function(wrap_pyfunction!(registry::_native_tasks, m)?)?;
     m.add_function(wrap_pyfunction!(registry::_native_task_count, m)?)?;
     m.add_function(wrap_pyfunction!(registry::_is_registered, m)?)?;

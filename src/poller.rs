@@ -4,6 +4,11 @@
 //!   every fd that reported readiness is re-armed (EPOLL_CTL_MOD) before the
 //!   next wait.  Re-arming makes the kernel re-check the fd, so one that is
 //!   still readable reports again, exactly like a level-triggered poll.
+//! * Native transports own their fd outright: it is registered once,
+//!   edge-triggered, for both directions (`register_edge`), and reported as
+//!   `Ready::Edge`; the transport reads and writes until `WouldBlock`, so it
+//!   needs neither re-arming nor an epoll_ctl call when it starts or stops
+//!   writing.
 //! * A `mio::Waker` (eventfd) for `call_soon_threadsafe`.
 //! * A non-blocking pipe handed to `signal.set_wakeup_fd`: CPython's C-level
 //!   signal handler writes the signal number into it, which wakes the poll
@@ -11,7 +16,7 @@
 //!
 //! Pure Rust (no Python), so it is unit tested with `cargo test`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
@@ -21,6 +26,9 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 pub const WAKER_TOKEN: Token = Token(usize::MAX);
 pub const SIGNAL_TOKEN: Token = Token(usize::MAX - 1);
+/// Set in the token of an fd owned by a native transport (fds are small, so
+/// it never collides with an fd; the two tokens above are checked first).
+const EDGE_BIT: usize = 1 << 62;
 
 /// One readiness report, already translated to asyncio's view: errors and
 /// hang-ups count as both readable and writable (as `selectors` reports them),
@@ -30,6 +38,10 @@ pub enum Ready {
     Wake,
     Signal,
     Fd { fd: RawFd, readable: bool, writable: bool },
+    /// An fd registered with `register_edge`: something changed.  `closed`:
+    /// the peer hung up or the socket has an error, so a short read does
+    /// not mean everything was read (the EOF or error is still to come).
+    Edge { fd: RawFd, readable: bool, writable: bool, closed: bool },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
@@ -53,6 +65,8 @@ pub struct Poller {
     poll: Poll,
     events: Events,
     interests: HashMap<RawFd, FdInterest>,
+    /// fds registered edge-triggered by native transports.
+    edge: HashSet<RawFd>,
     /// fds that reported readiness in the last wait, re-armed before the next.
     fired: Vec<RawFd>,
     signal_rx: OwnedFd,
@@ -85,6 +99,7 @@ impl Poller {
                 poll,
                 events: Events::with_capacity(1024),
                 interests: HashMap::new(),
+                edge: HashSet::new(),
                 fired: Vec::new(),
                 signal_rx,
                 signal_tx,
@@ -105,11 +120,44 @@ impl Poller {
 
     /// True when some fd is watched.
     pub fn has_registrations(&self) -> bool {
-        !self.interests.is_empty()
+        !self.interests.is_empty() || !self.edge.is_empty()
+    }
+
+    /// Watch `fd` edge-triggered for both directions, for a native
+    /// transport (see the module docs).
+    pub fn register_edge(&mut self, fd: RawFd) -> io::Result<()> {
+        let token = Token(fd as usize | EDGE_BIT);
+        let both = Interest::READABLE | Interest::WRITABLE;
+        let registry = self.poll.registry();
+        match registry.register(&mut SourceFd(&fd), token, both) {
+            // Still registered under a number a closed fd had: take it over.
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                registry.reregister(&mut SourceFd(&fd), token, both)?;
+                self.interests.remove(&fd);
+            }
+            other => other?,
+        }
+        self.edge.insert(fd);
+        Ok(())
+    }
+
+    /// Stop watching a native transport's fd (a no-op if it is not, or no
+    /// longer, registered that way).
+    pub fn deregister_edge(&mut self, fd: RawFd) -> io::Result<()> {
+        if !self.edge.remove(&fd) {
+            return Ok(());
+        }
+        match self.poll.registry().deregister(&mut SourceFd(&fd)) {
+            Err(e) if !matches!(e.raw_os_error(), Some(libc::EBADF | libc::ENOENT)) => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// Watch `fd` for exactly `want`; an empty interest stops watching it.
     pub fn set_interest(&mut self, fd: RawFd, want: FdInterest) -> io::Result<()> {
+        // A level-triggered watch replaces a native transport's (asyncio
+        // lets add_reader take an fd whose transport is closing).
+        self.edge.remove(&fd);
         let registry = self.poll.registry();
         let had = self.interests.contains_key(&fd);
         match want.to_mio() {
@@ -177,6 +225,14 @@ impl Poller {
                 out.push(Ready::Wake);
             } else if token == SIGNAL_TOKEN {
                 out.push(Ready::Signal);
+            } else if token.0 & EDGE_BIT != 0 {
+                let err = event.is_error();
+                out.push(Ready::Edge {
+                    fd: (token.0 & !EDGE_BIT) as RawFd,
+                    readable: event.is_readable() || event.is_read_closed() || err,
+                    writable: event.is_writable() || event.is_write_closed() || err,
+                    closed: event.is_read_closed() || err,
+                });
             } else {
                 let fd = token.0 as RawFd;
                 let err = event.is_error();
@@ -296,6 +352,36 @@ mod tests {
         let r = p.set_interest(f.as_raw_fd(), FdInterest { read: true, write: false });
         assert!(r.is_err());
         assert_eq!(p.interest(f.as_raw_fd()), FdInterest::default());
+    }
+
+    #[test]
+    fn edge_registrations_report_changes_once_and_need_no_rearm() {
+        let (mut p, _w) = Poller::new().unwrap();
+        let (mut a, b) = UnixStream::pair().unwrap();
+        b.set_nonblocking(true).unwrap();
+        let fd = b.as_raw_fd();
+        p.register_edge(fd).unwrap();
+        assert!(p.has_registrations());
+        // Writable at once.
+        assert_eq!(wait0(&mut p), vec![Ready::Edge { fd, readable: false, writable: true, closed: false }]);
+        assert!(wait0(&mut p).is_empty());
+        a.write_all(b"x").unwrap();
+        match wait0(&mut p).as_slice() {
+            [Ready::Edge { readable: true, .. }] => {}
+            other => panic!("unexpected {other:?}"),
+        }
+        // Not drained, but edge-triggered: not reported again.
+        assert!(wait0(&mut p).is_empty());
+        p.deregister_edge(fd).unwrap();
+        a.write_all(b"y").unwrap();
+        assert!(wait0(&mut p).is_empty());
+        assert!(!p.has_registrations());
+        // A level-triggered watch of the same fd takes over.
+        p.register_edge(fd).unwrap();
+        p.set_interest(fd, FdInterest { read: true, write: false }).unwrap();
+        assert_eq!(wait0(&mut p), vec![Ready::Fd { fd, readable: true, writable: false }]);
+        p.deregister_edge(fd).unwrap();
+        assert_eq!(p.interest(fd), FdInterest { read: true, write: false });
     }
 
     #[test]

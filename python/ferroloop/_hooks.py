@@ -123,3 +123,13 @@ def report_destroyed_pending(task):
     if task._source_traceback:
         context['source_traceback'] = task._source_traceback
     task._loop.call_exception_handler(context)
+
+
+def transport_debug(transport, message):
+    """Debug-mode transport events ("%r pauses reading", ...)."""
+    logger.debug(message, transport)
+
+
+def warn_lost_write():
+    """write() keeps being called after the connection was lost."""
+    logger.warning('socket.send() raised exception.')

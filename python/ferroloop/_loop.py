@@ -6,9 +6,12 @@ wake-up) are native, in `LoopCore`.  This class adds the cold paths:
 * lifecycle around the native run loop (run_forever setup/cleanup, close);
 * signal handlers, on the native signal wake-up pipe;
 * create_task with keyword pass-through to task factories;
+* stream sockets (TCP, Unix) get native transports (`_transports.py`):
+  asyncio's own create_connection/create_server/start_tls/streams code
+  makes them through `_make_socket_transport`/`_make_ssl_transport`;
 * everything else -- run_until_complete, exception handling, executors,
-  async generator hooks, DNS, and (until native transports land) sockets,
-  servers, pipes and subprocesses -- is inherited from asyncio's own
+  async generator hooks, DNS, connection setup, servers, UDP, sock_*
+  methods, pipes and subprocesses -- is inherited from asyncio's own
   `SelectorEventLoop`, whose methods run unchanged on top of the native
   `_add_reader`/`_add_writer`/`call_soon` primitives.
 """
@@ -19,10 +22,12 @@ import signal
 import sys
 import threading
 import weakref
-from asyncio import base_events, coroutines, events, futures, tasks, unix_events
+from asyncio import (base_events, constants, coroutines, events, futures, sslproto, tasks,
+                     unix_events)
 from asyncio.log import logger
 
 from . import _ferroloop
+from ._transports import SocketTransport
 
 __all__ = ('Loop',)
 
@@ -188,6 +193,50 @@ class Loop(_ferroloop.LoopCore, unix_events.SelectorEventLoop):
         if name is not None:
             task.set_name(name)
         return task
+
+    # -- transports ------------------------------------------------------
+
+    def _make_socket_transport(self, sock, protocol, waiter=None, *,
+                               extra=None, server=None):
+        self._ensure_fd_no_transport(sock)
+        return SocketTransport(self, sock, protocol, waiter, extra, server)
+
+    def _make_ssl_transport(self, rawsock, protocol, sslcontext, waiter=None,
+                            *, server_side=False, server_hostname=None,
+                            extra=None, server=None,
+                            ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
+                            ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT):
+        # asyncio's own TLS state machine over a native transport.
+        self._ensure_fd_no_transport(rawsock)
+        ssl_protocol = sslproto.SSLProtocol(
+            self, protocol, sslcontext, waiter, server_side, server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout)
+        SocketTransport(self, rawsock, ssl_protocol, extra=extra, server=server)
+        return ssl_protocol._app_transport
+
+    async def _sendfile_native(self, transp, file, offset, count):
+        if not isinstance(transp, SocketTransport):
+            return await super()._sendfile_native(transp, file, offset, count)
+        # As asyncio: pause the transport, wait for its buffer to drain, then
+        # let sock_sendfile (os.sendfile, zero-copy) use the socket.  The
+        # native transport stops watching the fd meanwhile, since
+        # sock_sendfile watches it itself.
+        fd = transp._sock_fd
+        del self._transports[fd]
+        resume_reading = transp.is_reading()
+        transp.pause_reading()
+        await transp._make_empty_waiter()
+        transp._suspend_watch()
+        try:
+            return await self.sock_sendfile(transp._sock, file, offset, count,
+                                            fallback=False)
+        finally:
+            transp._resume_watch()
+            transp._reset_empty_waiter()
+            if resume_reading:
+                transp.resume_reading()
+            self._transports[fd] = transp
 
     # -- signals ---------------------------------------------------------
 

@@ -1,0 +1,1080 @@
+//! `StreamTransport`: the native core of ferroloop's socket transports (TCP
+//! and Unix stream sockets), behaving as asyncio's `_SelectorSocketTransport`
+//! (CPython's selector_events.py) does, call for call and message for
+//! message.  The Python subclass (`ferroloop._transports.SocketTransport`)
+//! adds the cold parts: construction, `get_extra_info`, repr, `__del__`,
+//! error reports.
+//!
+//! How it differs inside (not in behaviour):
+//! * The fd is registered once with the poller, edge-triggered for both
+//!   directions.  asyncio's reader/writer registrations become two flags:
+//!   `reader_on` (asyncio would have a reader registered) and a non-empty
+//!   write buffer (asyncio would have a writer).  No epoll_ctl call when a
+//!   transport starts or stops writing, pauses or resumes.
+//! * A readiness report reads until the socket is drained, at most
+//!   `MAX_READS_PER_EVENT` full reads, then yields to the other callbacks
+//!   and continues next iteration (`LoopCore::retry_io`).  Drained means
+//!   EAGAIN, or a short read when the report said nothing about a hang-up:
+//!   data arriving after that read is a new edge, a new report.  After a
+//!   hang-up report, and on retries, a short read is followed by another
+//!   read in the next iteration (until EAGAIN or the EOF).
+//! * Reads for `Protocol`s go through one per-process 256 KiB buffer and
+//!   are copied out as exactly-sized bytes; `BufferedProtocol`s get the
+//!   bytes straight in the buffer `get_buffer()` returns.
+//! * Written bytes that the kernel did not take are copied into a
+//!   `WriteBuffer` (pure Rust).
+//! * Protocol callbacks for reads run in one copy of the context the
+//!   transport was created in, as asyncio's reader handle does.
+
+use std::os::fd::RawFd;
+
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple, PyType};
+use pyo3::{PyTraverseError, PyVisit};
+
+use super::buffer::WriteBuffer;
+use super::sys::{os_error, recv_raw, send, send_vectored, shutdown_write, BufferView, Io};
+use crate::event_loop::LoopCore;
+use crate::gil_cell::GilCell;
+use crate::handles::{copy_current_context, is_fatal};
+use crate::hooks::call_hook;
+
+/// asyncio's `max_size`: the most one `recv` asks for.
+const READ_CHUNK: usize = 256 * 1024;
+/// Full reads one readiness report may do before letting other callbacks
+/// run (the rest is read in the next iteration).
+const MAX_READS_PER_EVENT: usize = 16;
+/// asyncio's `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
+const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
+/// asyncio's default write buffer limits (`_FlowControlMixin`).
+const DEFAULT_HIGH_WATER: usize = 64 * 1024;
+
+/// The read buffer shared by all transports of the process: reads happen one
+/// at a time under the GIL, and the bytes are copied out before any Python
+/// code runs.
+static READ_BUF: GilCell<Vec<u8>> = GilCell::new(Vec::new());
+
+fn buffered_protocol_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    static TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    TYPE.import(py, "asyncio.protocols", "BufferedProtocol")
+}
+
+/// Write buffer limits: the values as given (for `get_write_buffer_limits`)
+/// and as numbers to compare sizes with.
+struct Limits {
+    high: Py<PyAny>,
+    low: Py<PyAny>,
+    high_f: f64,
+    low_f: f64,
+}
+
+#[derive(Default)]
+struct StreamState {
+    loop_: Option<Py<LoopCore>>,
+    sock: Option<Py<PyAny>>,
+    protocol: Option<Py<PyAny>>,
+    /// The context read callbacks run in.
+    context: Option<Py<PyAny>>,
+    server: Option<Py<PyAny>>,
+    /// sendfile's "write buffer drained" future.
+    empty_waiter: Option<Py<PyAny>>,
+    limits: Option<Limits>,
+    fd: RawFd,
+    /// The protocol is a BufferedProtocol.
+    buffered: bool,
+    protocol_connected: bool,
+    /// asyncio would have a reader registered: reads are delivered.
+    reader_on: bool,
+    closing: bool,
+    paused: bool,
+    eof: bool,
+    protocol_paused: bool,
+    /// asyncio's `_conn_lost`: set once connection_lost is scheduled, then
+    /// counts writes attempted after that.
+    conn_lost: u32,
+    buffer: WriteBuffer,
+}
+
+impl StreamState {
+    fn is_reading(&self) -> bool {
+        !self.closing && !self.paused
+    }
+
+    fn high_low(&self) -> (f64, f64) {
+        match &self.limits {
+            Some(l) => (l.high_f, l.low_f),
+            None => (DEFAULT_HIGH_WATER as f64, (DEFAULT_HIGH_WATER / 4) as f64),
+        }
+    }
+
+    fn refs<E>(&self, visit: &mut dyn FnMut(&Py<PyAny>) -> Result<(), E>) -> Result<(), E> {
+        if let Some(l) = &self.loop_ {
+            visit(l.as_any())?;
+        }
+        for o in [&self.sock, &self.protocol, &self.context, &self.server, &self.empty_waiter]
+            .into_iter()
+            .flatten()
+        {
+            visit(o)?;
+        }
+        if let Some(l) = &self.limits {
+            visit(&l.high)?;
+            visit(&l.low)?;
+        }
+        Ok(())
+    }
+}
+
+/// What one read attempt came to.
+enum Read {
+    /// Bytes were delivered; `more` if the read filled the buffer (the
+    /// socket may hold more).
+    Data { more: bool },
+    Drained,
+    Eof,
+    /// An error was reported (the transport is closing).
+    Failed,
+}
+
+#[pyclass(module = "ferroloop._ferroloop", subclass, frozen, weakref, dict)]
+pub struct StreamTransport {
+    st: GilCell<StreamState>,
+}
+
+impl StreamTransport {
+    fn loop_of(&self, py: Python<'_>) -> PyResult<Option<Py<LoopCore>>> {
+        Ok(self.st.borrow_mut(py)?.loop_.as_ref().map(|l| l.clone_ref(py)))
+    }
+
+    fn protocol_of(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        Ok(self.st.borrow_mut(py)?.protocol.as_ref().map(|p| p.clone_ref(py)))
+    }
+
+    /// The context read callbacks run in.
+    pub fn context(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        Ok(self.st.borrow_mut(py)?.context.as_ref().map(|c| c.clone_ref(py)))
+    }
+
+    /// What asyncio's selector would be watching now: (a reader is
+    /// registered, a writer is -- data waits to be sent).
+    pub fn watching(&self, py: Python<'_>) -> (bool, bool) {
+        match self.st.borrow_mut(py) {
+            Ok(st) => (st.reader_on && st.conn_lost == 0, !st.buffer.is_empty() && st.conn_lost == 0),
+            Err(_) => (true, true),
+        }
+    }
+
+    /// Readiness reported by the poller (or a read retry): asyncio would run
+    /// the reader handle, then the writer handle.
+    pub fn on_io(slf: &Bound<'_, Self>, readable: bool, writable: bool, drain: bool) -> PyResult<()> {
+        if readable {
+            Self::read_ready(slf, drain)?;
+        }
+        if writable {
+            let pending = {
+                let st = slf.get().st.borrow_mut(slf.py())?;
+                !st.buffer.is_empty() && st.conn_lost == 0
+            };
+            if pending {
+                Self::write_ready(slf)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// asyncio's `_fatal_error` (the Python subclass's method: it logs or
+    /// calls the exception handler, then force-closes).
+    fn fatal_error(slf: &Bound<'_, Self>, err: PyErr, message: &str) -> PyResult<()> {
+        let py = slf.py();
+        if is_fatal(py, &err) {
+            return Err(err);
+        }
+        slf.call_method1(intern!(py, "_fatal_error"), (err.into_value(py), message)).map(drop)
+    }
+
+    /// Call a protocol method; an exception other than SystemExit and
+    /// KeyboardInterrupt becomes a fatal error with `message` (Ok(None)).
+    fn call_protocol<'py>(
+        slf: &Bound<'py, Self>,
+        protocol: &Bound<'py, PyAny>,
+        name: &Bound<'py, pyo3::types::PyString>,
+        args: impl pyo3::call::PyCallArgs<'py>,
+        message: &str,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        match protocol.call_method1(name, args) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) => Self::fatal_error(slf, e, message).map(|()| None),
+        }
+    }
+
+    fn read_ready(slf: &Bound<'_, Self>, drain: bool) -> PyResult<()> {
+        let py = slf.py();
+        for _ in 0..MAX_READS_PER_EVENT {
+            let (protocol, buffered, fd) = {
+                let st = slf.get().st.borrow_mut(py)?;
+                if st.conn_lost > 0 || !st.reader_on {
+                    return Ok(());
+                }
+                match &st.protocol {
+                    Some(p) => (p.clone_ref(py), st.buffered, st.fd),
+                    None => return Ok(()),
+                }
+            };
+            let protocol = protocol.into_bound(py);
+            let outcome = if buffered {
+                Self::read_into_protocol(slf, &protocol, fd)?
+            } else {
+                Self::read_bytes(slf, &protocol, fd)?
+            };
+            match outcome {
+                Read::Data { more: true } => continue,
+                // A short read after a hang-up report: the EOF (or error)
+                // is read next iteration, as asyncio would see it, so the
+                // callbacks the data caused run before connection_lost.
+                Read::Data { more: false } if drain => break,
+                Read::Data { .. } | Read::Drained | Read::Failed => return Ok(()),
+                Read::Eof => return Self::on_eof(slf, &protocol),
+            }
+        }
+        // Still more to read: let the other callbacks run first.
+        if let Some(loop_) = slf.get().loop_of(py)? {
+            LoopCore::retry_io(loop_.bind(py), slf.clone().unbind())?;
+        }
+        Ok(())
+    }
+
+    fn read_bytes(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>, fd: RawFd) -> PyResult<Read> {
+        let py = slf.py();
+        let (io, data) = {
+            let mut buf = READ_BUF.borrow_mut(py)?;
+            if buf.len() < READ_CHUNK {
+                buf.resize(READ_CHUNK, 0);
+            }
+            // SAFETY: `buf` has READ_CHUNK initialised bytes.
+            let io = unsafe { recv_raw(fd, buf.as_mut_ptr(), READ_CHUNK) };
+            // Creating bytes runs no Python code (bytes are not GC-tracked),
+            // so holding the buffer's borrow here is safe.
+            let data = match io {
+                Io::Done(n) if n > 0 => Some(PyBytes::new(py, &buf[..n])),
+                _ => None,
+            };
+            (io, data)
+        };
+        match (io, data) {
+            (Io::Done(n), Some(data)) => {
+                let called = Self::call_protocol(
+                    slf,
+                    protocol,
+                    intern!(py, "data_received"),
+                    (data,),
+                    "Fatal error: protocol.data_received() call failed.",
+                )?;
+                Ok(if called.is_some() { Read::Data { more: n == READ_CHUNK } } else { Read::Failed })
+            }
+            (Io::Done(_), _) => Ok(Read::Eof),
+            (Io::WouldBlock, _) => Ok(Read::Drained),
+            (Io::Failed(errno), _) => {
+                Self::fatal_error(slf, os_error(py, errno), "Fatal read error on socket transport")?;
+                Ok(Read::Failed)
+            }
+        }
+    }
+
+    fn read_into_protocol(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>, fd: RawFd) -> PyResult<Read> {
+        let py = slf.py();
+        const GET_BUFFER_FAILED: &str = "Fatal error: protocol.get_buffer() call failed.";
+        let buf = match protocol.call_method1(intern!(py, "get_buffer"), (-1,)).and_then(|b| {
+            if b.len()? == 0 {
+                return Err(PyRuntimeError::new_err("get_buffer() returned an empty buffer"));
+            }
+            Ok(b)
+        }) {
+            Ok(b) => b,
+            Err(e) => {
+                Self::fatal_error(slf, e, GET_BUFFER_FAILED)?;
+                return Ok(Read::Failed);
+            }
+        };
+        let io = match BufferView::get(&buf, true) {
+            // SAFETY: a writable view of `view.len()` bytes, held until the
+            // end of this arm.
+            Ok(view) => (unsafe { recv_raw(fd, view.as_mut_ptr(), view.len()) }, view.len()),
+            Err(e) => {
+                Self::fatal_error(slf, e, "Fatal read error on socket transport")?;
+                return Ok(Read::Failed);
+            }
+        };
+        match io {
+            (Io::Done(0), _) => Ok(Read::Eof),
+            (Io::Done(n), capacity) => {
+                let called = Self::call_protocol(
+                    slf,
+                    protocol,
+                    intern!(py, "buffer_updated"),
+                    (n,),
+                    "Fatal error: protocol.buffer_updated() call failed.",
+                )?;
+                Ok(if called.is_some() { Read::Data { more: n == capacity } } else { Read::Failed })
+            }
+            (Io::WouldBlock, _) => Ok(Read::Drained),
+            (Io::Failed(errno), _) => {
+                Self::fatal_error(slf, os_error(py, errno), "Fatal read error on socket transport")?;
+                Ok(Read::Failed)
+            }
+        }
+    }
+
+    /// asyncio's `_read_ready__on_eof`.
+    fn on_eof(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        if let Some(loop_) = slf.get().loop_of(py)? {
+            if loop_.get().is_debug() {
+                call_hook(py, "transport_debug", (slf, "%r received EOF"))?;
+            }
+        }
+        let Some(keep_open) = Self::call_protocol(
+            slf,
+            protocol,
+            intern!(py, "eof_received"),
+            (),
+            "Fatal error: protocol.eof_received() call failed.",
+        )?
+        else {
+            return Ok(());
+        };
+        if keep_open.is_truthy()? {
+            // The protocol may still write, but nothing more can be read.
+            slf.get().st.borrow_mut(py)?.reader_on = false;
+            Ok(())
+        } else {
+            Self::close(slf)
+        }
+    }
+
+    /// Send what the buffer holds (asyncio's `_write_ready`).
+    fn write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let failed = {
+            let mut st = slf.get().st.borrow_mut(py)?;
+            if st.conn_lost > 0 {
+                return Ok(());
+            }
+            let mut failed = None;
+            while !st.buffer.is_empty() {
+                let want = st.buffer.len();
+                match send(st.fd, st.buffer.as_slice()) {
+                    Io::Done(n) => {
+                        st.buffer.consume(n);
+                        if n < want {
+                            break; // the socket's buffer is full
+                        }
+                    }
+                    Io::WouldBlock => break,
+                    Io::Failed(errno) => {
+                        st.buffer.clear();
+                        failed = Some(errno);
+                        break;
+                    }
+                }
+            }
+            failed
+        };
+        if let Some(errno) = failed {
+            let err = os_error(py, errno);
+            let exc = err.value(py).clone().unbind();
+            Self::fatal_error(slf, err, "Fatal write error on socket transport")?;
+            let waiter = slf.get().st.borrow_mut(py)?.empty_waiter.as_ref().map(|w| w.clone_ref(py));
+            if let Some(w) = waiter {
+                w.bind(py).call_method1(intern!(py, "set_exception"), (exc,))?;
+            }
+            return Ok(());
+        }
+        Self::maybe_resume_protocol(slf)?;
+        let (drained, waiter, closing, eof, fd) = {
+            let st = slf.get().st.borrow_mut(py)?;
+            (
+                st.buffer.is_empty(),
+                st.empty_waiter.as_ref().map(|w| w.clone_ref(py)),
+                st.closing,
+                st.eof,
+                st.fd,
+            )
+        };
+        if drained {
+            if let Some(w) = waiter {
+                w.bind(py).call_method1(intern!(py, "set_result"), (py.None(),))?;
+            }
+            if closing {
+                Self::call_connection_lost_impl(slf, py.None().into_bound(py))?;
+            } else if eof {
+                shutdown_write(py, fd)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let protocol = {
+            let mut st = slf.get().st.borrow_mut(py)?;
+            let (high, _) = st.high_low();
+            if (st.buffer.len() as f64) <= high || st.protocol_paused {
+                return Ok(());
+            }
+            st.protocol_paused = true;
+            st.protocol.as_ref().map(|p| p.clone_ref(py))
+        };
+        Self::notify_flow(slf, protocol, intern!(py, "pause_writing"), "protocol.pause_writing() failed")
+    }
+
+    fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let protocol = {
+            let mut st = slf.get().st.borrow_mut(py)?;
+            let (_, low) = st.high_low();
+            if !st.protocol_paused || (st.buffer.len() as f64) > low {
+                return Ok(());
+            }
+            st.protocol_paused = false;
+            st.protocol.as_ref().map(|p| p.clone_ref(py))
+        };
+        Self::notify_flow(slf, protocol, intern!(py, "resume_writing"), "protocol.resume_writing() failed")
+    }
+
+    /// pause_writing()/resume_writing(); their errors go to the loop's
+    /// exception handler (the transport stays open), as in asyncio.
+    fn notify_flow(
+        slf: &Bound<'_, Self>,
+        protocol: Option<Py<PyAny>>,
+        method: &Bound<'_, pyo3::types::PyString>,
+        message: &str,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let Some(protocol) = protocol else {
+            return Ok(());
+        };
+        if let Err(err) = protocol.bind(py).call_method0(method) {
+            if is_fatal(py, &err) {
+                return Err(err);
+            }
+            let context = PyDict::new(py);
+            context.set_item("message", message)?;
+            context.set_item("exception", err.into_value(py))?;
+            context.set_item("transport", slf)?;
+            context.set_item("protocol", protocol)?;
+            if let Some(loop_) = slf.get().loop_of(py)? {
+                loop_.bind(py).call_method1(intern!(py, "call_exception_handler"), (context,))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `loop.call_soon(self._call_connection_lost, exc)`.
+    fn schedule_connection_lost(slf: &Bound<'_, Self>, exc: Py<PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        if let Some(loop_) = slf.get().loop_of(py)? {
+            let cb = slf.getattr(intern!(py, "_call_connection_lost"))?;
+            loop_.bind(py).call_method1(intern!(py, "call_soon"), (cb, exc))?;
+        }
+        Ok(())
+    }
+
+    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        {
+            let mut st = slf.get().st.borrow_mut(py)?;
+            if st.closing {
+                return Ok(());
+            }
+            st.closing = true;
+            st.reader_on = false;
+            if !st.buffer.is_empty() {
+                return Ok(()); // connection_lost once the buffer is flushed
+            }
+            st.conn_lost += 1;
+        }
+        Self::schedule_connection_lost(slf, py.None())
+    }
+
+    fn force_close(slf: &Bound<'_, Self>, exc: Py<PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let dropped = {
+            let mut st = slf.get().st.borrow_mut(py)?;
+            if st.conn_lost > 0 {
+                return Ok(());
+            }
+            let dropped = std::mem::take(&mut st.buffer);
+            st.closing = true;
+            st.reader_on = false;
+            st.conn_lost += 1;
+            dropped
+        };
+        drop(dropped);
+        Self::schedule_connection_lost(slf, exc)
+    }
+
+    fn call_connection_lost_impl(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let protocol = {
+            let st = slf.get().st.borrow_mut(py)?;
+            if st.protocol_connected { st.protocol.as_ref().map(|p| p.clone_ref(py)) } else { None }
+        };
+        let outcome = match protocol {
+            Some(p) => p.bind(py).call_method1(intern!(py, "connection_lost"), (&exc,)).map(drop),
+            None => Ok(()),
+        };
+        // asyncio's `finally:` -- the socket is closed whatever the protocol did.
+        let cleanup = Self::release(slf, true);
+        let waiter = slf.get().st.borrow_mut(py)?.empty_waiter.as_ref().map(|w| w.clone_ref(py));
+        if let Some(w) = waiter {
+            let err = pyo3::exceptions::PyConnectionError::new_err("Connection is closed by peer");
+            w.bind(py).call_method1(intern!(py, "set_exception"), (err.into_value(py),))?;
+        }
+        outcome.and(cleanup)
+    }
+
+    /// Stop watching the fd, close the socket, drop the protocol, loop and
+    /// server (detaching from it).  `connection_lost` cleanup, and `__del__`
+    /// of a transport never closed (then the protocol is kept, as in asyncio).
+    fn release(slf: &Bound<'_, Self>, lost: bool) -> PyResult<()> {
+        let py = slf.py();
+        let (loop_, sock, protocol, server, fd) = {
+            let mut st = slf.get().st.borrow_mut(py)?;
+            let protocol = if lost { st.protocol.take() } else { None };
+            (st.loop_.take(), st.sock.take(), protocol, st.server.take(), st.fd)
+        };
+        // Deregister before closing: the fd number may be reused at once.
+        let unwatched = match &loop_ {
+            Some(l) => LoopCore::unwatch_transport(l.bind(py), fd, slf.as_ptr()),
+            None => Ok(()),
+        };
+        let closed = match &sock {
+            Some(s) => s.bind(py).call_method0(intern!(py, "close")).map(drop),
+            None => Ok(()),
+        };
+        let detached = match &server {
+            Some(s) if py.version_info() >= (3, 13) => {
+                s.bind(py).call_method1(intern!(py, "_detach"), (slf,)).map(drop)
+            }
+            Some(s) => s.bind(py).call_method0(intern!(py, "_detach")).map(drop),
+            None => Ok(()),
+        };
+        drop((loop_, sock, protocol, server));
+        unwatched.and(closed).and(detached)
+    }
+
+    /// Bytes-like data for write()/writelines().
+    fn check_bytes_like(data: &Bound<'_, PyAny>) -> PyResult<()> {
+        if data.is_instance_of::<PyBytes>()
+            || data.is_instance_of::<PyByteArray>()
+            || data.is_instance_of::<PyMemoryView>()
+        {
+            return Ok(());
+        }
+        let name = data.get_type().name()?;
+        Err(PyTypeError::new_err(format!("data argument must be a bytes-like object, not '{name}'")))
+    }
+
+    /// Writes after the connection was lost are counted (and logged after a
+    /// few), not sent -- asyncio's behaviour.  True if that was the case.
+    fn count_lost_write(slf: &Bound<'_, Self>) -> PyResult<bool> {
+        let py = slf.py();
+        let warn = {
+            let mut st = slf.get().st.borrow_mut(py)?;
+            if st.conn_lost == 0 {
+                return Ok(false);
+            }
+            let warn = st.conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES;
+            st.conn_lost += 1;
+            warn
+        };
+        if warn {
+            call_hook(py, "warn_lost_write", ())?;
+        }
+        Ok(true)
+    }
+
+    fn check_writable(&self, py: Python<'_>, method: &str) -> PyResult<()> {
+        let st = self.st.borrow_mut(py)?;
+        if st.eof {
+            return Err(PyRuntimeError::new_err(format!("Cannot call {method}() after write_eof()")));
+        }
+        if st.empty_waiter.is_some() {
+            return Err(PyRuntimeError::new_err(format!("unable to {method}; sendfile is in progress")));
+        }
+        Ok(())
+    }
+
+    /// Send `parts` now if nothing is queued, queue what the kernel did not
+    /// take, and pause the protocol if the buffer went over the high mark.
+    fn send_or_buffer(slf: &Bound<'_, Self>, parts: &[&[u8]]) -> PyResult<()> {
+        let py = slf.py();
+        let failed = {
+            let mut st = slf.get().st.borrow_mut(py)?;
+            let mut sent = 0;
+            let mut failed = None;
+            if st.buffer.is_empty() {
+                let io = match parts {
+                    [one] => send(st.fd, one),
+                    many => send_vectored(st.fd, many),
+                };
+                match io {
+                    Io::Done(n) => sent = n,
+                    Io::WouldBlock => {}
+                    Io::Failed(errno) => failed = Some(errno),
+                }
+            }
+            if failed.is_none() {
+                for part in parts {
+                    if sent >= part.len() {
+                        sent -= part.len();
+                    } else {
+                        st.buffer.extend(&part[sent..]);
+                        sent = 0;
+                    }
+                }
+            }
+            failed
+        };
+        if let Some(errno) = failed {
+            return Self::fatal_error(slf, os_error(py, errno), "Fatal write error on socket transport");
+        }
+        Self::maybe_pause_protocol(slf)
+    }
+}
+
+#[pymethods]
+impl StreamTransport {
+    #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn py_new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> Self {
+        StreamTransport { st: GilCell::new(StreamState { fd: -1, ..Default::default() }) }
+    }
+
+    /// Bind to `loop` and `sock` (non-blocking), set the protocol and start
+    /// watching the fd.  Reading starts with `_start_reading()`, which the
+    /// constructor schedules after `connection_made`.
+    #[pyo3(signature = (r#loop, sock, protocol, server=None))]
+    fn _attach(
+        slf: &Bound<'_, Self>,
+        r#loop: &Bound<'_, PyAny>,
+        sock: &Bound<'_, PyAny>,
+        protocol: &Bound<'_, PyAny>,
+        server: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let loop_ = r#loop
+            .cast::<LoopCore>()
+            .map_err(|_| PyTypeError::new_err("a native transport needs a ferroloop loop"))?
+            .clone();
+        let fd: RawFd = sock.call_method0(intern!(py, "fileno"))?.extract()?;
+        if fd < 0 {
+            return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
+        }
+        let context = copy_current_context(py)?;
+        let old = {
+            let mut st = slf.get().st.borrow_mut(py)?;
+            std::mem::replace(
+                &mut *st,
+                StreamState {
+                    loop_: Some(loop_.clone().unbind()),
+                    sock: Some(sock.clone().unbind()),
+                    context: Some(context),
+                    server: server.filter(|s| !s.is_none()).map(|s| s.clone().unbind()),
+                    fd,
+                    ..Default::default()
+                },
+            )
+        };
+        drop(old);
+        Self::set_protocol(slf, protocol)?;
+        LoopCore::watch_transport(&loop_, fd, slf.clone().unbind())
+    }
+
+    /// Start delivering reads (asyncio's `call_soon(self._add_reader, ...)`
+    /// after connection_made).
+    fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let loop_ = {
+            let mut st = slf.get().st.borrow_mut(py)?;
+            if !st.is_reading() || st.conn_lost > 0 {
+                return Ok(());
+            }
+            st.reader_on = true;
+            st.loop_.as_ref().map(|l| l.clone_ref(py))
+        };
+        // Data may have arrived (and its edge passed) before now.
+        match loop_ {
+            Some(l) => LoopCore::retry_io(l.bind(py), slf.clone().unbind()),
+            None => Ok(()),
+        }
+    }
+
+    /// A readiness report delivered through `loop.call_soon` (debug mode).
+    fn _io_ready(slf: &Bound<'_, Self>, readable: bool, writable: bool, drain: bool) -> PyResult<()> {
+        Self::on_io(slf, readable, writable, drain)
+    }
+
+    /// Read what is available now (asyncio's reader callback).
+    fn _read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::read_ready(slf, true)
+    }
+
+    /// Send what is buffered (asyncio's writer callback).
+    fn _write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::write_ready(slf)
+    }
+
+    fn set_protocol(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let buffered = protocol.is_instance(buffered_protocol_type(py)?)?;
+        let old = {
+            let mut st = slf.get().st.borrow_mut(py)?;
+            st.buffered = buffered;
+            st.protocol_connected = true;
+            st.protocol.replace(protocol.clone().unbind())
+        };
+        drop(old);
+        Ok(())
+    }
+
+    fn get_protocol(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Ok(self.protocol_of(py)?.unwrap_or_else(|| py.None()))
+    }
+
+    fn is_closing(&self, py: Python<'_>) -> PyResult<bool> {
+        Ok(self.st.borrow_mut(py)?.closing)
+    }
+
+    fn is_reading(&self, py: Python<'_>) -> PyResult<bool> {
+        Ok(self.st.borrow_mut(py)?.is_reading())
+    }
+
+    fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let debug = {
+            let mut st = slf.get().st.borrow_mut(py)?;
+            if !st.is_reading() {
+                return Ok(());
+            }
+            st.paused = true;
+            st.reader_on = false;
+            st.loop_.as_ref().is_some_and(|l| l.get().is_debug())
+        };
+        if debug {
+            call_hook(py, "transport_debug", (slf, "%r pauses reading"))?;
+        }
+        Ok(())
+    }
+
+    fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let loop_ = {
+            let mut st = slf.get().st.borrow_mut(py)?;
+            if st.closing || !st.paused {
+                return Ok(());
+            }
+            st.paused = false;
+            st.reader_on = true;
+            st.loop_.as_ref().map(|l| l.clone_ref(py))
+        };
+        if let Some(l) = loop_ {
+            LoopCore::retry_io(l.bind(py), slf.clone().unbind())?;
+            if l.get().is_debug() {
+                call_hook(py, "transport_debug", (slf, "%r resumes reading"))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        Self::check_bytes_like(data)?;
+        slf.get().check_writable(slf.py(), "write")?;
+        let view = BufferView::get(data, false)?;
+        if view.len() == 0 || Self::count_lost_write(slf)? {
+            return Ok(());
+        }
+        Self::send_or_buffer(slf, &[view.as_slice()])
+    }
+
+    fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
+        slf.get().check_writable(slf.py(), "writelines")?;
+        let mut views = Vec::new();
+        for item in list_of_data.try_iter()? {
+            let item = item?;
+            Self::check_bytes_like(&item)?;
+            views.push(BufferView::get(&item, false)?);
+        }
+        if views.iter().all(|v| v.len() == 0) || Self::count_lost_write(slf)? {
+            return Ok(());
+        }
+        let parts: Vec<&[u8]> = views.iter().map(|v| v.as_slice()).collect();
+        Self::send_or_buffer(slf, &parts)
+    }
+
+    fn write_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let fd = {
+            let mut st = slf.get().st.borrow_mut(py)?;
+            if st.closing || st.eof {
+                return Ok(());
+            }
+            st.eof = true;
+            if !st.buffer.is_empty() {
+                return Ok(()); // shut down once the buffer is flushed
+            }
+            st.fd
+        };
+        shutdown_write(py, fd)
+    }
+
+    fn can_write_eof(&self) -> bool {
+        true
+    }
+
+    /// Close after flushing the write buffer; connection_lost(None) follows.
+    #[pyo3(name = "close")]
+    fn py_close(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::close(slf)
+    }
+
+    /// Close now, dropping buffered data; connection_lost(None) follows.
+    fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::force_close(slf, slf.py().None())
+    }
+
+    fn _force_close(slf: &Bound<'_, Self>, exc: Py<PyAny>) -> PyResult<()> {
+        Self::force_close(slf, exc)
+    }
+
+    fn _call_connection_lost(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>) -> PyResult<()> {
+        Self::call_connection_lost_impl(slf, exc)
+    }
+
+    /// sendfile: stop watching the fd while `sock_sendfile` watches it.
+    fn _suspend_watch(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let (loop_, fd) = {
+            let st = slf.get().st.borrow_mut(py)?;
+            (st.loop_.as_ref().map(|l| l.clone_ref(py)), st.fd)
+        };
+        match loop_ {
+            Some(l) => LoopCore::unwatch_transport(l.bind(py), fd, slf.as_ptr()),
+            None => Ok(()),
+        }
+    }
+
+    /// sendfile is over: watch the fd again, unless the transport was
+    /// closed meanwhile.
+    fn _resume_watch(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let (loop_, fd) = {
+            let st = slf.get().st.borrow_mut(py)?;
+            if st.sock.is_none() {
+                return Ok(());
+            }
+            (st.loop_.as_ref().map(|l| l.clone_ref(py)), st.fd)
+        };
+        match loop_ {
+            Some(l) if !l.get().is_closed_flag() => {
+                LoopCore::watch_transport(l.bind(py), fd, slf.clone().unbind())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// `__del__` of a transport never closed: stop watching and close the
+    /// socket (the Python side warns first).
+    fn _release_unclosed(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::release(slf, false)
+    }
+
+    fn get_write_buffer_size(&self, py: Python<'_>) -> PyResult<usize> {
+        Ok(self.st.borrow_mut(py)?.buffer.len())
+    }
+
+    fn get_write_buffer_limits(&self, py: Python<'_>) -> PyResult<(Py<PyAny>, Py<PyAny>)> {
+        let st = self.st.borrow_mut(py)?;
+        Ok(match &st.limits {
+            Some(l) => (l.low.clone_ref(py), l.high.clone_ref(py)),
+            None => (
+                (DEFAULT_HIGH_WATER / 4).into_pyobject(py)?.into_any().unbind(),
+                DEFAULT_HIGH_WATER.into_pyobject(py)?.into_any().unbind(),
+            ),
+        })
+    }
+
+    #[pyo3(signature = (high=None, low=None))]
+    fn _set_write_buffer_limits(
+        &self,
+        py: Python<'_>,
+        high: Option<Bound<'_, PyAny>>,
+        low: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let int = |v: usize| -> PyResult<Bound<'_, PyAny>> { Ok(v.into_pyobject(py)?.into_any()) };
+        let high = high.filter(|h| !h.is_none());
+        let low = low.filter(|l| !l.is_none());
+        // asyncio's arithmetic, on whatever numbers were given.
+        let high = match (high, &low) {
+            (Some(h), _) => h,
+            (None, None) => int(DEFAULT_HIGH_WATER)?,
+            (None, Some(l)) => l.mul(4)?,
+        };
+        let low = match low {
+            Some(l) => l,
+            None => high.floor_div(4)?,
+        };
+        let zero = int(0)?;
+        if !(high.ge(&low)? && low.ge(&zero)?) {
+            return Err(PyValueError::new_err(format!(
+                "high ({}) must be >= low ({}) must be >= 0",
+                high.repr()?,
+                low.repr()?
+            )));
+        }
+        let limits = Limits {
+            high_f: high.extract()?,
+            low_f: low.extract()?,
+            high: high.unbind(),
+            low: low.unbind(),
+        };
+        let old = self.st.borrow_mut(py)?.limits.replace(limits);
+        drop(old);
+        Ok(())
+    }
+
+    #[pyo3(signature = (high=None, low=None))]
+    fn set_write_buffer_limits(
+        slf: &Bound<'_, Self>,
+        high: Option<Bound<'_, PyAny>>,
+        low: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        slf.get()._set_write_buffer_limits(slf.py(), high, low)?;
+        Self::maybe_pause_protocol(slf)
+    }
+
+    fn _make_empty_waiter(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let (loop_, empty) = {
+            let st = slf.get().st.borrow_mut(py)?;
+            if st.empty_waiter.is_some() {
+                return Err(PyRuntimeError::new_err("Empty waiter is already set"));
+            }
+            (st.loop_.as_ref().map(|l| l.clone_ref(py)), st.buffer.is_empty())
+        };
+        let loop_ = loop_.ok_or_else(|| PyRuntimeError::new_err("Transport is closed"))?;
+        let waiter = loop_.bind(py).call_method0(intern!(py, "create_future"))?;
+        slf.get().st.borrow_mut(py)?.empty_waiter = Some(waiter.clone().unbind());
+        if empty {
+            waiter.call_method1(intern!(py, "set_result"), (py.None(),))?;
+        }
+        Ok(waiter.unbind())
+    }
+
+    fn _reset_empty_waiter(&self, py: Python<'_>) -> PyResult<()> {
+        let old = self.st.borrow_mut(py)?.empty_waiter.take();
+        drop(old);
+        Ok(())
+    }
+
+    // asyncio's attributes, read by code that peeks at its transports.
+
+    #[getter]
+    fn _sock(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let st = self.st.borrow_mut(py)?;
+        Ok(st.sock.as_ref().map_or_else(|| py.None(), |s| s.clone_ref(py)))
+    }
+
+    #[getter]
+    fn _sock_fd(&self, py: Python<'_>) -> PyResult<RawFd> {
+        Ok(self.st.borrow_mut(py)?.fd)
+    }
+
+    #[getter]
+    fn _loop(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Ok(self.loop_of(py)?.map_or_else(|| py.None(), |l| l.into_any()))
+    }
+
+    #[getter]
+    fn _protocol(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.get_protocol(py)
+    }
+
+    #[getter]
+    fn _server(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let st = self.st.borrow_mut(py)?;
+        Ok(st.server.as_ref().map_or_else(|| py.None(), |s| s.clone_ref(py)))
+    }
+
+    #[getter]
+    fn _closing(&self, py: Python<'_>) -> PyResult<bool> {
+        Ok(self.st.borrow_mut(py)?.closing)
+    }
+
+    #[getter]
+    fn _paused(&self, py: Python<'_>) -> PyResult<bool> {
+        Ok(self.st.borrow_mut(py)?.paused)
+    }
+
+    #[getter]
+    fn _eof(&self, py: Python<'_>) -> PyResult<bool> {
+        Ok(self.st.borrow_mut(py)?.eof)
+    }
+
+    #[getter]
+    fn _conn_lost(&self, py: Python<'_>) -> PyResult<u32> {
+        Ok(self.st.borrow_mut(py)?.conn_lost)
+    }
+
+    #[getter]
+    fn _protocol_paused(&self, py: Python<'_>) -> PyResult<bool> {
+        Ok(self.st.borrow_mut(py)?.protocol_paused)
+    }
+
+    #[getter]
+    fn _high_water(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Ok(self.get_write_buffer_limits(py)?.1)
+    }
+
+    #[getter]
+    fn _low_water(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Ok(self.get_write_buffer_limits(py)?.0)
+    }
+
+    #[getter]
+    fn _empty_waiter(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let st = self.st.borrow_mut(py)?;
+        Ok(st.empty_waiter.as_ref().map_or_else(|| py.None(), |w| w.clone_ref(py)))
+    }
+
+    /// For repr: would asyncio's selector show a reader / a writer?
+    #[getter]
+    fn _reader_polling(&self, py: Python<'_>) -> PyResult<bool> {
+        Ok(self.st.borrow_mut(py)?.reader_on)
+    }
+
+    #[getter]
+    fn _writer_polling(&self, py: Python<'_>) -> PyResult<bool> {
+        let st = self.st.borrow_mut(py)?;
+        Ok(!st.buffer.is_empty() && st.conn_lost == 0)
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        match self.st.try_peek() {
+            Some(st) => st.refs(&mut |o| visit.call(o)),
+            None => Ok(()),
+        }
+    }
+
+    fn __clear__(&self) {
+        if let Some(mut st) = self.st.try_borrow_for_clear() {
+            let fd = st.fd;
+            let old = std::mem::replace(&mut *st, StreamState { fd, ..Default::default() });
+            drop(st);
+            drop(old);
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! The few system calls and C-API buffer accesses the transports make, each
+//! wrapped once with its safety argument.
+
+use std::marker::PhantomData;
+use std::mem::MaybeUninit;
+use std::os::fd::RawFd;
+
+use pyo3::ffi;
+use pyo3::prelude::*;
+
+/// What a non-blocking read or write on an fd came to.
+pub enum Io {
+    Done(usize),
+    /// EAGAIN: the kernel has nothing to give / no room.
+    WouldBlock,
+    /// Any other errno.
+    Failed(i32),
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+}
+
+fn classify(n: isize) -> Option<Io> {
+    if n >= 0 {
+        return Some(Io::Done(n as usize));
+    }
+    match errno() {
+        libc::EINTR => None,
+        libc::EAGAIN => Some(Io::WouldBlock),
+        e => Some(Io::Failed(e)),
+    }
+}
+
+/// `recv(fd, buf, len, 0)`, retried on EINTR.
+///
+/// # Safety
+/// `buf` must be valid for writes of `len` bytes.
+pub unsafe fn recv_raw(fd: RawFd, buf: *mut u8, len: usize) -> Io {
+    loop {
+        // SAFETY: the caller guarantees `buf`/`len`; a bad fd is an errno.
+        if let Some(io) = classify(unsafe { libc::recv(fd, buf.cast(), len, 0) }) {
+            return io;
+        }
+    }
+}
+
+/// `send(fd, data, MSG_NOSIGNAL)`, retried on EINTR: a peer that went away
+/// is an EPIPE error here, never a SIGPIPE.
+pub fn send(fd: RawFd, data: &[u8]) -> Io {
+    loop {
+        // SAFETY: `data` is a live slice of `data.len()` bytes.
+        let n = unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL) };
+        if let Some(io) = classify(n) {
+            return io;
+        }
+    }
+}
+
+/// Gathered `sendmsg` of several slices (at most IOV_MAX are used).
+pub fn send_vectored(fd: RawFd, parts: &[&[u8]]) -> Io {
+    const IOV_MAX: usize = 1024;
+    let iov: Vec<libc::iovec> = parts
+        .iter()
+        .filter(|p| !p.is_empty())
+        .take(IOV_MAX)
+        .map(|p| libc::iovec { iov_base: p.as_ptr() as *mut libc::c_void, iov_len: p.len() })
+        .collect();
+    // SAFETY: an all-zero msghdr is valid (no name, no control data).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = iov.len() as _;
+    loop {
+        // SAFETY: `msg` points at `iov`, whose entries point into the live
+        // slices of `parts`; sendmsg only reads them.
+        let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) };
+        if let Some(io) = classify(n) {
+            return io;
+        }
+    }
+}
+
+/// `shutdown(fd, SHUT_WR)`.
+pub fn shutdown_write(py: Python<'_>, fd: RawFd) -> PyResult<()> {
+    // SAFETY: shutdown has no memory arguments; a bad fd is an errno.
+    if unsafe { libc::shutdown(fd, libc::SHUT_WR) } < 0 {
+        return Err(os_error(py, errno()));
+    }
+    Ok(())
+}
+
+/// The OSError subclass CPython raises for `errno` (ConnectionResetError,
+/// BrokenPipeError, ...), with `errno` and `strerror` set, as the socket
+/// module would raise it.
+pub fn os_error(py: Python<'_>, errno: i32) -> PyErr {
+    // SAFETY: errno is thread-local; PyErr_SetFromErrno reads it and sets
+    // the exception (it checks signals only for EINTR, never passed here).
+    unsafe {
+        *libc::__errno_location() = errno;
+        ffi::PyErr_SetFromErrno(ffi::PyExc_OSError);
+    }
+    PyErr::fetch(py)
+}
+
+/// A Python buffer (bytes, bytearray, memoryview, ...) held for the
+/// duration of one call; released on drop, with the GIL still held (the
+/// `'py` lifetime ties it to the GIL token).
+pub struct BufferView<'py> {
+    view: ffi::Py_buffer,
+    _gil: PhantomData<Python<'py>>,
+}
+
+impl<'py> BufferView<'py> {
+    /// A C-contiguous view of `obj`'s bytes, writable if asked.
+    pub fn get(obj: &Bound<'py, PyAny>, writable: bool) -> PyResult<Self> {
+        let flags = if writable { ffi::PyBUF_WRITABLE } else { ffi::PyBUF_SIMPLE };
+        let mut view = MaybeUninit::<ffi::Py_buffer>::zeroed();
+        // SAFETY: `obj` is a live object; on success PyObject_GetBuffer
+        // fills `view` completely, on failure it sets an exception and
+        // leaves nothing to release.
+        if unsafe { ffi::PyObject_GetBuffer(obj.as_ptr(), view.as_mut_ptr(), flags) } < 0 {
+            return Err(PyErr::fetch(obj.py()));
+        }
+        // SAFETY: initialised by the successful call above.
+        Ok(BufferView { view: unsafe { view.assume_init() }, _gil: PhantomData })
+    }
+
+    pub fn len(&self) -> usize {
+        self.view.len.max(0) as usize
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        if self.len() == 0 || self.view.buf.is_null() {
+            return &[];
+        }
+        // SAFETY: a simple buffer is `len` contiguous bytes at `buf`, valid
+        // until released (in drop), and we hold the GIL meanwhile.
+        unsafe { std::slice::from_raw_parts(self.view.buf as *const u8, self.len()) }
+    }
+
+    /// Where a read may write (only meaningful for a writable view).
+    pub fn as_mut_ptr(&self) -> *mut u8 {
+        self.view.buf.cast()
+    }
+}
+
+impl Drop for BufferView<'_> {
+    fn drop(&mut self) {
+        // SAFETY: `view` was filled by PyObject_GetBuffer and is released
+        // exactly once; the GIL is held (see the type's docs).
+        unsafe { ffi::PyBuffer_Release(&mut self.view) }
+    }
+}

@@ -1,0 +1,671 @@
+"""Stream socket transports (TCP and Unix): the behaviour of asyncio's
+`_SelectorSocketTransport`, which ferroloop's native transport replaces.
+
+Every test also passes on stock asyncio (FERROLOOP_TEST_TARGET=asyncio).
+"""
+import asyncio
+import gc
+import os
+import socket
+import sys
+import tempfile
+import warnings
+
+import pytest
+
+from conftest import on_ferroloop
+
+
+def run(loop, coro, timeout=10):
+    return loop.run_until_complete(asyncio.wait_for(coro, timeout))
+
+
+def open_fds():
+    return len(os.listdir('/proc/self/fd'))
+
+
+class Recorder(asyncio.Protocol):
+    """Records every callback, in order."""
+
+    def __init__(self, loop, eof_keep_open=False):
+        self.loop = loop
+        self.events = []
+        self.data = bytearray()
+        self.transport = None
+        self.eof_keep_open = eof_keep_open
+        self.lost = loop.create_future()
+        self.got_eof = loop.create_future()
+
+    def connection_made(self, transport):
+        self.events.append('made')
+        self.transport = transport
+
+    def data_received(self, data):
+        assert type(data) is bytes
+        if not self.events or self.events[-1] != 'data':
+            self.events.append('data')
+        self.data += data
+
+    def eof_received(self):
+        self.events.append('eof')
+        self.got_eof.set_result(None)
+        return self.eof_keep_open
+
+    def pause_writing(self):
+        self.events.append('pause')
+
+    def resume_writing(self):
+        self.events.append('resume')
+
+    def connection_lost(self, exc):
+        self.events.append(('lost', type(exc).__name__ if exc else None))
+        self.lost.set_result(exc)
+
+
+class EchoServer(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.transport.write(data)
+
+    def eof_received(self):
+        self.transport.close()
+
+
+async def tcp_pair(loop, server_factory=EchoServer, client=None):
+    """A server on 127.0.0.1 and one connected client."""
+    server = await loop.create_server(server_factory, '127.0.0.1', 0)
+    host, port = server.sockets[0].getsockname()[:2]
+    client = client or Recorder(loop)
+    transport, _ = await loop.create_connection(lambda: client, host, port)
+    return server, transport, client
+
+
+async def socketpair_transport(loop, protocol):
+    """A transport on one end of a socketpair; the other end is returned
+    as a plain blocking socket for the test to drive."""
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    transport, _ = await loop.connect_accepted_socket(lambda: protocol, a)
+    return transport, b
+
+
+def test_echo_round_trip_and_callback_order(loop):
+    async def main():
+        server, tr, client = await tcp_pair(loop)
+        tr.write(b'hello')
+        while len(client.data) < 5:
+            await asyncio.sleep(0.001)
+        assert bytes(client.data) == b'hello'
+        tr.close()
+        assert tr.is_closing()
+        assert await client.lost is None
+        server.close()
+        await server.wait_closed()
+        return client.events
+
+    assert run(loop, main()) == ['made', 'data', ('lost', None)]
+
+
+def test_transport_api_surface(loop):
+    async def main():
+        server, tr, client = await tcp_pair(loop)
+        try:
+            assert isinstance(tr, asyncio.Transport)
+            assert isinstance(tr, asyncio.BaseTransport)
+            assert tr.get_protocol() is client
+            assert tr.can_write_eof() is True
+            assert tr.is_reading()
+            sock = tr.get_extra_info('socket')
+            assert sock.family == socket.AF_INET
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            assert tr.get_extra_info('sockname') == sock.getsockname()
+            assert tr.get_extra_info('peername') == server.sockets[0].getsockname()
+            assert tr.get_extra_info('nonexistent', 'dflt') == 'dflt'
+            assert tr.get_write_buffer_size() == 0
+            assert tr.get_write_buffer_limits() == (16384, 65536)
+            tr.set_write_buffer_limits(high=100)
+            assert tr.get_write_buffer_limits() == (25, 100)
+            tr.set_write_buffer_limits(low=10)
+            assert tr.get_write_buffer_limits() == (10, 40)
+            with pytest.raises(ValueError, match=r'high \(1\) must be >= low \(2\)'):
+                tr.set_write_buffer_limits(high=1, low=2)
+            assert 'fd=' in repr(tr) and 'read=polling' in repr(tr)
+        finally:
+            tr.close()
+            await client.lost
+            server.close()
+            await server.wait_closed()
+        assert 'closed' in repr(tr)
+        assert tr.get_protocol() is None
+
+    run(loop, main())
+
+
+def test_write_checks_its_argument(loop):
+    async def main():
+        server, tr, client = await tcp_pair(loop)
+        with pytest.raises(TypeError, match="data argument must be a bytes-like object, not 'str'"):
+            tr.write('text')
+        with pytest.raises(TypeError):
+            tr.writelines(['text'])
+        tr.write(b'')  # nothing to do
+        tr.write_eof()
+        with pytest.raises(RuntimeError, match=r'Cannot call write\(\) after write_eof\(\)'):
+            tr.write(b'x')
+        tr.close()
+        await client.lost
+        server.close()
+
+    run(loop, main())
+
+
+@pytest.mark.parametrize('kind', ['bytes', 'bytearray', 'memoryview', 'writelines'])
+def test_large_writes_arrive_complete_and_in_order(loop, kind):
+    payload = os.urandom(1 << 16) * 64  # 4 MiB, far beyond the socket buffers
+
+    async def main():
+        receiver = Recorder(loop)
+        server = await loop.create_server(lambda: receiver, '127.0.0.1', 0)
+        port = server.sockets[0].getsockname()[1]
+        sender = Recorder(loop)
+        tr, _ = await loop.create_connection(lambda: sender, '127.0.0.1', port)
+        if kind == 'bytes':
+            tr.write(payload)
+        elif kind == 'bytearray':
+            buf = bytearray(payload)
+            tr.write(buf)
+            buf[:] = b'\0' * len(buf)  # the transport kept its own copy
+        elif kind == 'memoryview':
+            tr.write(memoryview(payload)[:1000])
+            tr.write(memoryview(payload)[1000:])
+        else:
+            chunks = [payload[i:i + 100000] for i in range(0, len(payload), 100000)]
+            tr.writelines(chunks)
+        assert tr.get_write_buffer_size() > 0
+        tr.close()  # flushes first, then connection_lost
+        await receiver.lost  # the peer saw everything, then EOF
+        await sender.lost
+        server.close()
+        return sender.events, receiver
+
+    events, receiver = run(loop, main())
+    assert receiver.data == payload
+    assert receiver.events[-2:] == ['eof', ('lost', None)]
+    assert events[-1] == ('lost', None)
+    # 4 MiB into a 64 KiB high-water mark: the protocol was paused.
+    assert 'pause' in events
+
+
+def test_flow_control_pauses_and_resumes_the_protocol(loop):
+    async def main():
+        proto = Recorder(loop)
+        tr, peer = await socketpair_transport(loop, proto)
+        await asyncio.sleep(0)
+        tr.set_write_buffer_limits(high=64, low=16)
+        # Fill the kernel buffer, then go over the high mark.
+        while tr.get_write_buffer_size() <= 64:
+            tr.write(b'x' * 65536)
+        assert proto.events[-1] == 'pause'
+        assert tr._protocol_paused if on_ferroloop() else True
+        # The peer drains everything: the buffer falls under the low mark.
+        total = 0
+        peer.setblocking(False)
+        while 'resume' not in proto.events:
+            try:
+                total += len(peer.recv(1 << 20))
+            except BlockingIOError:
+                await asyncio.sleep(0.001)
+        assert tr.get_write_buffer_size() <= 16
+        tr.abort()
+        await proto.lost
+        peer.close()
+        return proto.events
+
+    events = run(loop, main())
+    assert events.count('pause') == 1 and events.count('resume') == 1
+    assert events[-1] == ('lost', None)
+
+
+def test_pause_and_resume_reading(loop):
+    async def main():
+        proto = Recorder(loop)
+        tr, peer = await socketpair_transport(loop, proto)
+        await asyncio.sleep(0.01)
+        tr.pause_reading()
+        assert not tr.is_reading()
+        tr.pause_reading()  # idempotent
+        peer.sendall(b'abc')
+        await asyncio.sleep(0.05)
+        assert proto.data == b''
+        tr.resume_reading()
+        assert tr.is_reading()
+        while proto.data != b'abc':
+            await asyncio.sleep(0.001)
+        tr.close()
+        assert not tr.is_reading()
+        await proto.lost
+        peer.close()
+
+    run(loop, main())
+
+
+def test_data_already_there_is_read_after_connection_made(loop):
+    async def main():
+        a, b = socket.socketpair()
+        b.sendall(b'early')
+        a.setblocking(False)
+        proto = Recorder(loop)
+        tr, _ = await loop.connect_accepted_socket(lambda: proto, a)
+        assert proto.events == ['made']  # nothing delivered before the waiter
+        while proto.data != b'early':
+            await asyncio.sleep(0.001)
+        tr.close()
+        await proto.lost
+        b.close()
+
+    run(loop, main())
+
+
+@pytest.mark.parametrize('keep_open', [False, True])
+def test_eof_received_decides_who_closes(loop, keep_open):
+    async def main():
+        proto = Recorder(loop, eof_keep_open=keep_open)
+        tr, peer = await socketpair_transport(loop, proto)
+        peer.sendall(b'last words')
+        peer.shutdown(socket.SHUT_WR)
+        await proto.got_eof
+        await asyncio.sleep(0.01)
+        if keep_open:
+            # Half-closed: we can still write, the peer still reads.
+            assert not tr.is_closing()
+            tr.write(b'reply')
+            tr.write_eof()
+            peer.settimeout(5)
+            got = b''
+            while len(got) < 5:
+                got += peer.recv(100)
+            assert got == b'reply'
+            assert peer.recv(100) == b''  # our write_eof
+            tr.close()
+        else:
+            assert tr.is_closing()
+        await proto.lost
+        peer.close()
+        return proto
+
+    proto = run(loop, main())
+    assert proto.data == b'last words'
+    assert proto.events == ['made', 'data', 'eof', ('lost', None)]
+
+
+def test_connection_reset_reports_the_error_once(loop):
+    async def main():
+        proto = Recorder(loop)
+        tr, peer = await socketpair_transport(loop, proto)
+        await asyncio.sleep(0)
+        peer.close()
+        # Writing into a closed peer fails: EPIPE, no SIGPIPE.
+        for _ in range(20):
+            tr.write(b'x' * 1000)
+            await asyncio.sleep(0.001)
+            if proto.lost.done():
+                break
+        return await proto.lost
+
+    exc = run(loop, main())
+    assert exc is None or isinstance(exc, (BrokenPipeError, ConnectionResetError))
+
+
+def test_writes_after_connection_lost_are_counted_then_logged(loop, caplog):
+    async def main():
+        proto = Recorder(loop)
+        tr, peer = await socketpair_transport(loop, proto)
+        tr.abort()
+        for _ in range(7):
+            tr.write(b'lost')  # no error raised, nothing sent
+        await proto.lost
+        peer.close()
+
+    with caplog.at_level('WARNING', logger='asyncio'):
+        run(loop, main())
+    assert 'socket.send() raised exception.' in caplog.text
+
+
+def test_abort_drops_buffered_data_and_reports_once(loop):
+    async def main():
+        proto = Recorder(loop)
+        tr, peer = await socketpair_transport(loop, proto)
+        tr.write(b'x' * (8 << 20))
+        assert tr.get_write_buffer_size() > 0
+        tr.abort()
+        tr.abort()
+        tr.close()
+        assert tr.get_write_buffer_size() == 0
+        assert await proto.lost is None
+        await asyncio.sleep(0.01)
+        peer.close()
+        return proto.events
+
+    events = run(loop, main())
+    assert [e for e in events if isinstance(e, tuple)] == [('lost', None)]
+
+
+def test_protocol_error_goes_to_the_exception_handler_and_closes(loop):
+    errors = []
+    loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))
+
+    class Broken(Recorder):
+        def data_received(self, data):
+            raise ZeroDivisionError('boom')
+
+    async def main():
+        proto = Broken(loop)
+        tr, peer = await socketpair_transport(loop, proto)
+        peer.sendall(b'x')
+        exc = await proto.lost
+        peer.close()
+        return tr, proto, exc
+
+    tr, proto, exc = run(loop, main())
+    assert isinstance(exc, ZeroDivisionError)
+    assert len(errors) == 1
+    assert errors[0]['message'] == 'Fatal error: protocol.data_received() call failed.'
+    assert errors[0]['transport'] is tr and errors[0]['protocol'] is proto
+
+
+def test_buffered_protocol_reads_into_its_buffer(loop):
+    class Buffered(asyncio.BufferedProtocol):
+        def __init__(self):
+            self.buf = bytearray(1000)
+            self.got = bytearray()
+            self.sizes = set()
+            self.lost = loop.create_future()
+
+        def get_buffer(self, sizehint):
+            self.sizes.add(sizehint)
+            return self.buf
+
+        def buffer_updated(self, nbytes):
+            self.got += self.buf[:nbytes]
+
+        def eof_received(self):
+            return False
+
+        def connection_lost(self, exc):
+            self.lost.set_result(exc)
+
+    payload = os.urandom(300000)
+
+    async def main():
+        proto = Buffered()
+        tr, peer = await socketpair_transport(loop, proto)
+        # From a thread: more than the socket buffers hold.
+        await loop.run_in_executor(None, peer.sendall, payload)
+        peer.shutdown(socket.SHUT_WR)
+        await proto.lost
+        peer.close()
+        return proto
+
+    proto = run(loop, main())
+    assert proto.got == payload
+    assert proto.sizes == {-1}
+
+
+def test_empty_buffer_from_get_buffer_is_a_fatal_error(loop):
+    errors = []
+    loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))
+
+    class Empty(asyncio.BufferedProtocol):
+        def __init__(self):
+            self.lost = loop.create_future()
+
+        def get_buffer(self, sizehint):
+            return bytearray()
+
+        def buffer_updated(self, nbytes):
+            raise AssertionError('not reached')
+
+        def connection_lost(self, exc):
+            self.lost.set_result(exc)
+
+    async def main():
+        proto = Empty()
+        tr, peer = await socketpair_transport(loop, proto)
+        peer.sendall(b'x')
+        exc = await proto.lost
+        peer.close()
+        return exc
+
+    exc = run(loop, main())
+    assert isinstance(exc, RuntimeError)
+    assert 'get_buffer() returned an empty buffer' in str(exc)
+    assert errors[0]['message'] == 'Fatal error: protocol.get_buffer() call failed.'
+
+
+def test_set_protocol_switches_where_data_goes(loop):
+    async def main():
+        first, second = Recorder(loop), Recorder(loop)
+        tr, peer = await socketpair_transport(loop, first)
+        peer.sendall(b'one')
+        while first.data != b'one':
+            await asyncio.sleep(0.001)
+        tr.set_protocol(second)
+        assert tr.get_protocol() is second
+        peer.sendall(b'two')
+        while second.data != b'two':
+            await asyncio.sleep(0.001)
+        tr.close()
+        await second.lost
+        peer.close()
+        return first, second
+
+    first, second = run(loop, main())
+    assert first.data == b'one' and not first.lost.done()
+
+
+def test_read_callbacks_see_the_creators_context(loop):
+    import contextvars
+    var = contextvars.ContextVar('var', default='unset')
+    seen = []
+
+    class Proto(Recorder):
+        def data_received(self, data):
+            seen.append(var.get())
+            super().data_received(data)
+
+    async def main():
+        var.set('creator')
+        proto = Proto(loop)
+        tr, peer = await socketpair_transport(loop, proto)
+        var.set('changed later')
+        peer.sendall(b'x')
+        while not proto.data:
+            await asyncio.sleep(0.001)
+        tr.close()
+        await proto.lost
+        peer.close()
+
+    run(loop, main())
+    assert seen == ['creator']
+
+
+def test_unix_socket_streams(loop):
+    async def main():
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, 'sock')
+
+            async def handle(reader, writer):
+                line = await reader.readline()
+                writer.write(line.upper())
+                await writer.drain()
+                writer.close()
+
+            server = await asyncio.start_unix_server(handle, path)
+            reader, writer = await asyncio.open_unix_connection(path)
+            writer.write(b'ping\n')
+            assert await reader.readline() == b'PING\n'
+            assert await reader.read() == b''
+            writer.close()
+            await writer.wait_closed()
+            server.close()
+            await server.wait_closed()
+
+    run(loop, main())
+
+
+@pytest.mark.skipif(not socket.has_ipv6, reason='no IPv6 on this machine')
+def test_ipv6_echo(loop):
+    async def main():
+        try:
+            server = await loop.create_server(EchoServer, '::1', 0)
+        except OSError as exc:
+            pytest.skip(f'IPv6 loopback unusable: {exc}')
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection('::1', port)
+        assert writer.get_extra_info('socket').family == socket.AF_INET6
+        writer.write(b'six\n')
+        assert await reader.readline() == b'six\n'
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+
+
+def test_many_connections_leave_no_fd_open(loop):
+    async def main():
+        server = await loop.create_server(EchoServer, '127.0.0.1', 0)
+        port = server.sockets[0].getsockname()[1]
+
+        async def one(i):
+            reader, writer = await asyncio.open_connection('127.0.0.1', port)
+            writer.write(b'%d\n' % i)
+            line = await reader.readline()
+            writer.close()
+            await writer.wait_closed()
+            return line
+
+        lines = await asyncio.gather(*(one(i) for i in range(50)))
+        assert lines == [b'%d\n' % i for i in range(50)]
+        server.close()
+        await server.wait_closed()
+
+    before = open_fds()
+    run(loop, main())
+    loop.close()
+    gc.collect()
+    assert open_fds() <= before
+
+
+def test_unclosed_transport_warns_and_closes_its_socket(loop):
+    async def main():
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        proto = Recorder(loop)
+        tr, _ = await loop.connect_accepted_socket(lambda: proto, a)
+        return tr, a, b
+
+    tr, a, b = run(loop, main())
+    fd = a.fileno()
+    loop.close()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        del tr
+        gc.collect()
+    assert any(issubclass(w.category, ResourceWarning) and 'unclosed transport' in str(w.message)
+               for w in caught)
+    assert a.fileno() == -1 or fd not in [int(x) for x in os.listdir('/proc/self/fd')]
+    b.close()
+
+
+def test_sendfile_sends_the_file(loop, tmp_path):
+    data = os.urandom(3 << 20)
+    path = tmp_path / 'blob'
+    path.write_bytes(data)
+
+    async def sendfile_case():
+        received = Recorder(loop)
+        server = await loop.create_server(lambda: received, '127.0.0.1', 0)
+        port = server.sockets[0].getsockname()[1]
+        tr, _ = await loop.create_connection(asyncio.Protocol, '127.0.0.1', port)
+        with open(path, 'rb') as f:
+            sent = await loop.sendfile(tr, f, offset=1000, count=2 << 20)
+            assert f.tell() == 1000 + (2 << 20)
+        tr.write(b'after')  # the transport works as before
+        tr.close()
+        while len(received.data) < (2 << 20) + 5:
+            await asyncio.sleep(0.005)
+        server.close()
+        return sent, bytes(received.data)
+
+    sent, got = run(loop, sendfile_case())
+    assert sent == 2 << 20
+    assert got == data[1000:1000 + (2 << 20)] + b'after'
+
+
+def test_sendfile_fallback_for_a_non_regular_file(loop):
+    import io
+
+    async def main():
+        received = Recorder(loop)
+        server = await loop.create_server(lambda: received, '127.0.0.1', 0)
+        port = server.sockets[0].getsockname()[1]
+        tr, _ = await loop.create_connection(asyncio.Protocol, '127.0.0.1', port)
+        sent = await loop.sendfile(tr, io.BytesIO(b'in memory' * 1000))
+        tr.close()
+        while len(received.data) < 9000:
+            await asyncio.sleep(0.005)
+        server.close()
+        return sent, bytes(received.data)
+
+    sent, got = run(loop, main())
+    assert sent == 9000 and got == b'in memory' * 1000
+
+
+def test_start_tls_upgrades_a_native_transport(loop):
+    ssl = pytest.importorskip('ssl')
+    from test.test_asyncio import utils as test_utils
+
+    async def main():
+        async def handle(reader, writer):
+            assert await reader.readline() == b'STARTTLS\n'
+            writer.write(b'GO\n')  # the client waits for it: no TLS bytes
+            await writer.drain()    # reach our reader's plain-text buffer
+            await writer.start_tls(test_utils.simple_server_sslcontext())
+            writer.write((await reader.readline()).upper())
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(handle, '127.0.0.1', 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection('127.0.0.1', port)
+        writer.write(b'STARTTLS\n')
+        assert await reader.readline() == b'GO\n'
+        await writer.start_tls(test_utils.simple_client_sslcontext())
+        assert writer.get_extra_info('ssl_object') is not None
+        writer.write(b'secret\n')
+        assert await reader.readline() == b'SECRET\n'
+        writer.close()
+        server.close()
+
+    run(loop, main())
+
+
+@pytest.mark.skipif(sys.version_info < (3, 13), reason='Server.close_clients() is new in 3.13')
+def test_server_close_clients(loop):
+    async def main():
+        server = await loop.create_server(EchoServer, '127.0.0.1', 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection('127.0.0.1', port)
+        writer.write(b'x')
+        assert await reader.read(1) == b'x'
+        server.close()
+        server.close_clients()
+        assert await reader.read() == b''
+        await server.wait_closed()
+        writer.close()
+
+    run(loop, main())
