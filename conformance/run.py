@@ -21,8 +21,8 @@ crashes, hangs or does not run on ferroloop is a *regression*; the exit
 status is 1 if there is any.  Tests that already fail on stock asyncio on
 this machine are ignored.
 
-Injection strategy (worker.inject_ferroloop / worker.patch_test_events)
-----------------------------------------------------------------------
+Injection strategy (worker.inject_ferroloop / worker.LOOP_PATCHES)
+------------------------------------------------------------------
 Before the test module is imported, in the child process only:
 
 1. ``asyncio.DefaultEventLoopPolicy`` is rebound to
@@ -47,15 +47,29 @@ Before the test module is imported, in the child process only:
    ``loop_factory=asyncio.EventLoop``) is rebound to ``ferroloop.Loop``.
    ``asyncio.SelectorEventLoop`` is left alone: ferroloop.Loop derives from
    it, and tests construct it on purpose.
-4. test_events runs ``EventLoopTestsMixin``/``SubprocessTestsMixin`` once
-   per stock selector (EPoll/Poll/Select...EventLoopTests), each building
-   ``asyncio.SelectorEventLoop(<selector>)`` explicitly.  In ferroloop mode
-   those classes are removed and ``FerroloopEventLoopTests`` (a subclass of
-   ``EPollEventLoopTests`` whose ``create_event_loop`` returns
-   ``ferroloop.new_event_loop()``) takes their place.  Its baseline is
-   ``EPollEventLoopTests`` (ferroloop polls with mio, i.e. epoll); the
-   Poll/Select classes run in the baseline only and are reported as
-   "asyncio-only by design".
+4. Some modules do not ask the policy for their loops: they construct
+   ``asyncio.SelectorEventLoop(...)`` explicitly in a per-class factory,
+   so 1-3 leave them on stock loops.  worker.LOOP_PATCHES redirects those
+   factories to ``ferroloop.new_event_loop()`` (in ferroloop mode only):
+
+   * test_events, test_sock_lowlevel, test_sendfile run their mixins once
+     per stock selector (EPoll/Poll/Select/KqueueEventLoopTests, each with
+     ``create_event_loop`` returning ``SelectorEventLoop(<selector>)``).
+     Those classes are removed and ``FerroloopEventLoopTests`` (a subclass
+     of ``EPollEventLoopTests`` whose ``create_event_loop`` returns
+     ``ferroloop.new_event_loop()``) takes their place.  Its baseline is
+     ``EPollEventLoopTests`` (ferroloop polls with mio, i.e. epoll); the
+     Poll/Select classes run in the baseline only and are reported as
+     "asyncio-only by design".
+   * test_buffered_proto (``BufferedProtocolSelectorTests``) and
+     test_server (``SelectorStartServerTests``) have one selector class
+     whose ``new_loop`` returns ``asyncio.SelectorEventLoop()`` (the
+     default, epoll, selector); ``new_loop`` is overridden in place, so
+     the test ids are the same in both modes.  test_server's
+     IsolatedAsyncioTestCase classes (TestServer2, 3.13's
+     UnixServerCleanupTests) are covered by 2 already.
+   * test_protocols is not patched: it only checks the protocol ABCs and
+     never makes a loop.
 
 5. test_runners and test_pep492 build their loops as a bare abstract
    ``asyncio.BaseEventLoop()`` with a Mock selector, so as written none of
@@ -82,7 +96,9 @@ Verification: worker.py wraps ``BaseEventLoop.__init__``/``run_forever``
 loop kinds were created and run.  The table's "on-ferro" column counts the
 tests that ran a ferroloop.Loop; "stock" counts tests that still ran a real
 stock loop in ferroloop mode (expected: only test_events' policy tests that
-install their own stock-loop policies, and the like).
+install their own stock-loop policies, and the like; a module whose tests
+show up here wholesale builds its loops explicitly and needs an entry in
+worker.LOOP_PATCHES).
 
 Hang and crash protection: each test has a limit (--test-timeout, via
 faulthandler in the child), each module run a total limit (--timeout,
@@ -137,20 +153,29 @@ DEFAULT_MODULES = (
     # the default run so that neither can break them unnoticed.
     "test_streams", "test_subprocess", "test_ssl", "test_sslproto",
     "test_unix_events", "test_base_events",
+    # Socket-level loop API (sock_* methods, sendfile, servers, buffered
+    # protocols) on ferroloop's own loop: these build their loops
+    # explicitly, see docstring point 4.  test_protocols only checks the ABCs.
+    "test_server", "test_sock_lowlevel", "test_sendfile",
+    "test_buffered_proto", "test_protocols",
 )
 # Submission order: longest first, so that -j2 packs well.  Measured per
 # run on this 2-core machine (3.11-3.13): test_tasks 23-31s, test_events
 # 9-15s on asyncio (all selector classes) / ~4s on ferroloop, test_taskgroups
-# ~6s, everything else < 4s.  A full asyncio+ferroloop comparison takes
-# ~2 min per Python at -j1, ~1 min at -j2.
+# ~6s, test_sock_lowlevel and test_sendfile ~3s (asyncio 2s with three
+# selector classes + ferroloop 1s), everything else < 4s.  A full
+# asyncio+ferroloop comparison takes ~2 min per Python at -j1, ~1 min at -j2.
 DURATION_HINT = {"test_tasks": 30, "test_events": 20, "test_subprocess": 13,
                  "test_ssl": 11, "test_taskgroups": 6, "test_sslproto": 5,
-                 "test_futures": 3}
+                 "test_futures": 3, "test_sock_lowlevel": 3,
+                 "test_sendfile": 3}
 
-# ferroloop-mode test id fragment -> baseline id fragment (see docstring 4.)
+# ferroloop-mode test id fragment -> baseline id fragment (see docstring 4.):
+# FerroloopEventLoopTests replaces the per-selector classes of test_events,
+# test_sock_lowlevel and test_sendfile.  The ")" form is for class fixture
+# pseudo-ids, e.g. "setUpClass (test.test_asyncio.test_sendfile.Ferro...)".
 BASELINE_ALIASES = {".FerroloopEventLoopTests.": ".EPollEventLoopTests.",
-                    "(test.test_asyncio.test_events.FerroloopEventLoopTests)":
-                    "(test.test_asyncio.test_events.EPollEventLoopTests)"}
+                    ".FerroloopEventLoopTests)": ".EPollEventLoopTests)"}
 # Native Future/Task variants (worker.patch_native_future_variants): each is
 # compared with the C class variant it was made from.
 for _ferro, _c in (("FerroFutureTests", "CFutureTests"),
@@ -489,7 +514,7 @@ def compare(module, base, ferro, known):
         if status == "regression":
             regressions.append(dict(entry, id=fid, detail=frec.get("detail")))
         rows[fid] = entry
-    # Baseline tests with no ferroloop counterpart (Poll/Select test_events).
+    # Baseline tests with no ferroloop counterpart (the Poll/Select classes).
     mapped = {baseline_id(f) for f in ftests}
     asyncio_only = sorted(b for b in btests if b not in mapped)
     # Known entries that matched a test that now passes.
@@ -631,8 +656,9 @@ def print_table(pyinfo, reports, baseline_only):
         "baseline; on-ferro: tests that created or ran a ferroloop.Loop; "
         "stock: tests that still used a stock real loop in ferroloop mode; "
         "testloop: tests on test_utils' fake-clock TestLoop (stays stock "
-        f"by design). {by_design} asyncio-only tests (test_events' "
-        "Poll/Select loop classes) are not compared.")
+        f"by design). {by_design} asyncio-only tests (the Poll/Select "
+        "loop classes of test_events, test_sock_lowlevel and test_sendfile) "
+        "are not compared.")
 
 
 def print_details(pyinfo, reports, verbose):

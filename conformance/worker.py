@@ -7,8 +7,9 @@ debugging a single module:
         --out /tmp/tasks.jsonl
 
 --mode asyncio   stock asyncio, only the (neutral) instrumentation below.
---mode ferroloop ferroloop injected first, see ``inject_ferroloop`` and
-                 run.py's module docstring for the strategy.
+--mode ferroloop ferroloop injected first, see ``inject_ferroloop``,
+                 ``LOOP_PATCHES`` and run.py's module docstring for the
+                 strategy.
 
 Output is a JSON-lines file, one record per event, flushed as it happens so
 that run.py still has everything up to the last test if this process
@@ -48,16 +49,19 @@ from asyncio import base_events
 
 PACKAGE = "test.test_asyncio"
 
-# The test_events classes that run EventLoopTestsMixin against one stock
-# selector each.  In ferroloop mode they are replaced by one class,
-# FerroloopEventLoopTests, subclassing the epoll one (ferroloop uses mio, i.e.
-# epoll, so the epoll-backed SelectorEventLoop is its stock counterpart;
-# run.py compares FerroloopEventLoopTests.X with EPollEventLoopTests.X).
-EVENTS_LOOP_CLASSES = ("KqueueEventLoopTests", "EPollEventLoopTests",
-                       "PollEventLoopTests", "SelectEventLoopTests")
-EVENTS_TEMPLATE_ORDER = ("EPollEventLoopTests", "PollEventLoopTests",
-                         "SelectEventLoopTests")
-FERRO_EVENTS_CLASS = "FerroloopEventLoopTests"
+# Stock per-selector test classes (test_events, test_sock_lowlevel,
+# test_sendfile; same names in 3.11-3.13): one class per selector, each
+# building ``asyncio.SelectorEventLoop(<selector>)`` itself.  In ferroloop
+# mode they are replaced by one FerroloopEventLoopTests subclassing the first
+# of SELECTOR_TEMPLATE_ORDER present (epoll on Linux: ferroloop polls with
+# mio, i.e. epoll, so the epoll-backed SelectorEventLoop is its stock
+# counterpart; run.py compares FerroloopEventLoopTests.X with
+# EPollEventLoopTests.X via BASELINE_ALIASES).
+SELECTOR_CLASSES = ("KqueueEventLoopTests", "EPollEventLoopTests",
+                    "PollEventLoopTests", "SelectEventLoopTests")
+SELECTOR_TEMPLATE_ORDER = ("EPollEventLoopTests", "PollEventLoopTests",
+                           "SelectEventLoopTests")
+FERRO_SELECTOR_CLASS = "FerroloopEventLoopTests"
 
 # Longest traceback text kept per test (the tail, where the cause is).
 MAX_DETAIL = 4000
@@ -227,27 +231,84 @@ def inject_ferroloop():
     return ferroloop
 
 
-def patch_test_events(mod, ferroloop):
-    """Swap test_events' per-selector loop classes for a ferroloop one."""
-    template = next((getattr(mod, n) for n in EVENTS_TEMPLATE_ORDER
+# Explicit stock loops (ferroloop mode only).
+#
+# Some modules do not ask the policy for their loops but construct
+# ``asyncio.SelectorEventLoop(...)`` in a per-class factory method, so the
+# injection alone leaves every one of their tests on a stock loop.
+# LOOP_PATCHES says, per module, how that factory is redirected to
+# ferroloop.new_event_loop():
+#
+#   "replace_selector_classes"  the per-selector classes (SELECTOR_CLASSES)
+#       are removed and one FerroloopEventLoopTests, derived from the epoll
+#       one with the factory overridden, takes their place; run.py compares
+#       it with EPollEventLoopTests, the other selector classes run in the
+#       baseline only ("asyncio-only by design").
+#   "override_in_place"  the one class using a stock selector loop gets
+#       ferroloop's in place; test ids are the same in both modes.
+#
+# A class or method that is missing (renamed upstream) is an error rather
+# than a silent fallback to stock loops.
+
+def replace_selector_classes(mod, method, make_loop):
+    """Swap the per-selector loop test classes for a ferroloop one."""
+    template = next((getattr(mod, n) for n in SELECTOR_TEMPLATE_ORDER
                      if hasattr(mod, n)), None)
     if template is None:
-        raise RuntimeError("test_events: no selector loop test class found")
+        raise RuntimeError(f"{mod.__name__}: no selector loop test class "
+                           f"({', '.join(SELECTOR_TEMPLATE_ORDER)}) found")
+    if not hasattr(template, method):
+        raise RuntimeError(f"{mod.__name__}.{template.__name__} has no "
+                           f"{method}()")
 
-    def create_event_loop(self):
-        return ferroloop.new_event_loop()
+    def factory(self):
+        return make_loop()
 
-    cls = type(FERRO_EVENTS_CLASS, (template,), {
-        "create_event_loop": create_event_loop,
+    cls = type(FERRO_SELECTOR_CLASS, (template,), {
+        method: factory,
         "__module__": mod.__name__,
-        "__qualname__": FERRO_EVENTS_CLASS,
-        "__doc__": "EventLoopTestsMixin & co. on ferroloop.new_event_loop()"
-                   f" (inherits {template.__name__})",
+        "__qualname__": FERRO_SELECTOR_CLASS,
+        "__doc__": f"{template.__name__}'s tests on ferroloop.new_event_loop()"
+                   f" (overrides {method})",
     })
-    for name in EVENTS_LOOP_CLASSES:
+    for name in SELECTOR_CLASSES:
         if hasattr(mod, name):
             delattr(mod, name)
-    setattr(mod, FERRO_EVENTS_CLASS, cls)
+    setattr(mod, FERRO_SELECTOR_CLASS, cls)
+
+
+def override_in_place(mod, method, make_loop, classes):
+    """Make each of classes build its loops with make_loop()."""
+    for name in classes:
+        cls = getattr(mod, name, None)
+        if cls is None or method not in vars(cls):
+            raise RuntimeError(f"{mod.__name__}: no {name}.{method}() to "
+                               "override")
+
+        def factory(self):
+            return make_loop()
+        factory.__name__ = factory.__qualname__ = method
+        setattr(cls, method, factory)
+
+
+# module -> (how, loop factory method, extra arguments)
+LOOP_PATCHES = {
+    "test_events": (replace_selector_classes, "create_event_loop", {}),
+    "test_sock_lowlevel": (replace_selector_classes, "create_event_loop", {}),
+    "test_sendfile": (replace_selector_classes, "create_event_loop", {}),
+    "test_buffered_proto": (override_in_place, "new_loop",
+                            {"classes": ("BufferedProtocolSelectorTests",)}),
+    # TestServer2 (and 3.13's UnixServerCleanupTests) are
+    # IsolatedAsyncioTestCases, already on ferroloop through the policy.
+    "test_server": (override_in_place, "new_loop",
+                    {"classes": ("SelectorStartServerTests",)}),
+}
+
+
+def patch_explicit_loops(mod, short, ferroloop):
+    if short in LOOP_PATCHES:
+        how, method, kwargs = LOOP_PATCHES[short]
+        how(mod, method, ferroloop.new_event_loop, **kwargs)
 
 
 # Native Future/Task variants (ferroloop mode only).
@@ -573,8 +634,8 @@ def main(argv=None):
 
     mod = importlib.import_module(modname)
     short = modname.rpartition(".")[2]
-    if ferro is not None and short == "test_events":
-        patch_test_events(mod, ferro)
+    if ferro is not None:
+        patch_explicit_loops(mod, short, ferro)
     if ferro is not None and short in ("test_futures", "test_futures2",
                                        "test_tasks", "test_eager_task_factory"):
         patch_native_future_variants(mod, ferro)
