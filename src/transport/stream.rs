@@ -18,9 +18,9 @@
 //!   data arriving after that read is a new edge, a new report.  After a
 //!   hang-up report, and on retries, a short read is followed by another
 //!   read in the next iteration (until EAGAIN or the EOF).
-//! * Reads for `Protocol`s go through one per-process 256 KiB buffer and
-//!   are copied out as exactly-sized bytes; `BufferedProtocol`s get the
-//!   bytes straight in the buffer `get_buffer()` returns.
+//! * Reads for `Protocol`s land straight in a new bytes object shrunk to
+//!   size (no copy); `BufferedProtocol`s get the bytes straight in the
+//!   buffer `get_buffer()` returns.
 //! * Written bytes that the kernel did not take are copied into a
 //!   `WriteBuffer` (pure Rust).
 //! * Protocol callbacks for reads run in one copy of the context the
@@ -36,7 +36,7 @@ use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 
 use super::buffer::WriteBuffer;
-use super::sys::{os_error, recv_raw, send, send_vectored, shutdown_write, BufferView, Io};
+use super::sys::{os_error, recv_bytes, recv_raw, send, send_vectored, shutdown_write, BufferView, Io, RecvError};
 use crate::event_loop::LoopCore;
 use crate::gil_cell::GilCell;
 use crate::handles::{copy_current_context, is_fatal};
@@ -51,11 +51,6 @@ const MAX_READS_PER_EVENT: usize = 16;
 const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 /// asyncio's default write buffer limits (`_FlowControlMixin`).
 const DEFAULT_HIGH_WATER: usize = 64 * 1024;
-
-/// The read buffer shared by all transports of the process: reads happen one
-/// at a time under the GIL, and the bytes are copied out before any Python
-/// code runs.
-static READ_BUF: GilCell<Vec<u8>> = GilCell::new(Vec::new());
 
 fn buffered_protocol_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
     static TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
@@ -248,39 +243,28 @@ impl StreamTransport {
 
     fn read_bytes(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>, fd: RawFd) -> PyResult<Read> {
         let py = slf.py();
-        let (io, data) = {
-            let mut buf = READ_BUF.borrow_mut(py)?;
-            if buf.len() < READ_CHUNK {
-                buf.resize(READ_CHUNK, 0);
-            }
-            // SAFETY: `buf` has READ_CHUNK initialised bytes.
-            let io = unsafe { recv_raw(fd, buf.as_mut_ptr(), READ_CHUNK) };
-            // Creating bytes runs no Python code (bytes are not GC-tracked),
-            // so holding the buffer's borrow here is safe.
-            let data = match io {
-                Io::Done(n) if n > 0 => Some(PyBytes::new(py, &buf[..n])),
-                _ => None,
-            };
-            (io, data)
-        };
-        match (io, data) {
-            (Io::Done(n), Some(data)) => {
-                let called = Self::call_protocol(
-                    slf,
-                    protocol,
-                    intern!(py, "data_received"),
-                    (data,),
-                    "Fatal error: protocol.data_received() call failed.",
-                )?;
-                Ok(if called.is_some() { Read::Data { more: n == READ_CHUNK } } else { Read::Failed })
-            }
-            (Io::Done(_), _) => Ok(Read::Eof),
-            (Io::WouldBlock, _) => Ok(Read::Drained),
-            (Io::Failed(errno), _) => {
+        let data = match recv_bytes(py, fd, READ_CHUNK) {
+            Ok(Some(data)) => data,
+            Ok(None) => return Ok(Read::Eof),
+            Err(RecvError::WouldBlock) => return Ok(Read::Drained),
+            Err(RecvError::Os(errno)) => {
                 Self::fatal_error(slf, os_error(py, errno), "Fatal read error on socket transport")?;
-                Ok(Read::Failed)
+                return Ok(Read::Failed);
             }
-        }
+            Err(RecvError::Python(err)) => {
+                Self::fatal_error(slf, err, "Fatal read error on socket transport")?;
+                return Ok(Read::Failed);
+            }
+        };
+        let more = data.as_bytes().len() == READ_CHUNK;
+        let called = Self::call_protocol(
+            slf,
+            protocol,
+            intern!(py, "data_received"),
+            (data,),
+            "Fatal error: protocol.data_received() call failed.",
+        )?;
+        Ok(if called.is_some() { Read::Data { more } } else { Read::Failed })
     }
 
     fn read_into_protocol(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>, fd: RawFd) -> PyResult<Read> {
