@@ -669,3 +669,59 @@ def test_server_close_clients(loop):
         writer.close()
 
     run(loop, main())
+
+
+def test_udp_delivers_every_queued_datagram_in_order(loop):
+    class Collect(asyncio.DatagramProtocol):
+        def __init__(self):
+            self.got = []
+            self.done = loop.create_future()
+
+        def datagram_received(self, data, addr):
+            self.got.append(data)
+            if len(self.got) == 200 and not self.done.done():
+                self.done.set_result(None)
+
+    async def main():
+        proto = Collect()
+        tr, _ = await loop.create_datagram_endpoint(lambda: proto, local_addr=('127.0.0.1', 0))
+        if on_ferroloop() or sys.version_info >= (3, 13):
+            assert isinstance(tr, asyncio.DatagramTransport)
+        addr = tr.get_extra_info('sockname')
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for i in range(200):  # all queued before the loop reads any
+                s.sendto(b'%d' % i, addr)
+            await proto.done
+        tr.close()
+        return proto.got
+
+    assert run(loop, main()) == [b'%d' % i for i in range(200)]
+
+
+def test_udp_stops_reading_when_closed_mid_batch(loop):
+    class CloseAfterOne(asyncio.DatagramProtocol):
+        def __init__(self):
+            self.got = []
+            self.lost = loop.create_future()
+
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def datagram_received(self, data, addr):
+            self.got.append(data)
+            self.transport.close()
+
+        def connection_lost(self, exc):
+            self.lost.set_result(exc)
+
+    async def main():
+        proto = CloseAfterOne()
+        tr, _ = await loop.create_datagram_endpoint(lambda: proto, local_addr=('127.0.0.1', 0))
+        addr = tr.get_extra_info('sockname')
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for i in range(5):
+                s.sendto(b'x', addr)
+            await proto.lost
+        return proto.got
+
+    assert run(loop, main()) == [b'x']

@@ -27,7 +27,7 @@ from asyncio import (base_events, constants, coroutines, events, futures, sslpro
 from asyncio.log import logger
 
 from . import _ferroloop
-from ._transports import SocketTransport
+from ._transports import DatagramTransport, SocketTransport
 
 __all__ = ('Loop',)
 
@@ -214,6 +214,11 @@ class Loop(_ferroloop.LoopCore, unix_events.SelectorEventLoop):
             ssl_shutdown_timeout=ssl_shutdown_timeout)
         SocketTransport(self, rawsock, ssl_protocol, extra=extra, server=server)
         return ssl_protocol._app_transport
+
+    def _make_datagram_transport(self, sock, protocol, address=None,
+                                 waiter=None, extra=None):
+        self._ensure_fd_no_transport(sock)
+        return DatagramTransport(self, sock, protocol, address, waiter, extra)
 
     async def _sendfile_native(self, transp, file, offset, count):
         if not isinstance(transp, SocketTransport):
