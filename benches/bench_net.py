@@ -55,6 +55,8 @@ import sys
 import tempfile
 import time
 
+from _common import describe_exit
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_LOADGEN = os.path.join(HERE, "loadgen", "target", "release", "ferroloop-loadgen")
 BUILD_HINT = "cargo build --release --manifest-path benches/loadgen/Cargo.toml"
@@ -280,15 +282,6 @@ def tail_of(path: str, n: int = 3) -> str:
     except OSError:
         return ""
     return " | ".join(lines[-n:])[-400:]
-
-
-def describe_exit(rc: int) -> str:
-    if rc < 0:
-        try:
-            return f"killed by {signal.Signals(-rc).name}"
-        except ValueError:
-            return f"killed by signal {-rc}"
-    return f"exit status {rc}"
 
 
 class ServerError(Exception):

@@ -58,6 +58,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from _common import describe_exit
+
 perf_counter_ns = time.perf_counter_ns
 
 ALL_LOOPS = ("asyncio", "uvloop", "rloop", "ferroloop", "ferroloop-aio")
@@ -773,15 +775,6 @@ def run_workload(w: Workload, loops, factories, args, log) -> dict:
 CHILD_FLAG = "--isolated-child"
 
 
-def _describe_exit(rc: int) -> str:
-    if rc < 0:
-        try:
-            return f"killed by {signal.Signals(-rc).name}"
-        except ValueError:
-            return f"killed by signal {-rc}"
-    return f"exit status {rc}"
-
-
 def _crash_line(tail) -> str:
     """The most telling line of a dead child's output."""
     lines = [s.strip() for s in tail if s.strip()]
@@ -863,7 +856,7 @@ def run_isolated(workloads, loops, versions, args, log):
     with tempfile.TemporaryDirectory(prefix="bench_scheduling-") as tmpdir:
         for w in workloads:
             rc, child, tail, hung = _run_child(w, loops, args, tmpdir)
-            exit_desc = _describe_exit(rc)
+            exit_desc = describe_exit(rc)
             row = child["workloads"].get(w.key) if child else None
             if row is None:
                 why = ("subprocess killed after taking too long" if hung

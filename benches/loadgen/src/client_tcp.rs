@@ -9,20 +9,15 @@
 //! reading meanwhile could fill every socket buffer and deadlock with a
 //! server that stops reading while its writes are pending (streams' drain()).
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::TcpStream;
-use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
 use crate::args::Args;
 use crate::stats::{report, Phase, Plan, Recorder};
+use crate::stream::Stream;
 use crate::sys::{Epoll, ERR, IN, OUT};
-
-enum Stream {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
 
 impl Stream {
     fn connect(a: &Args) -> io::Result<Stream> {
@@ -36,32 +31,8 @@ impl Stream {
             (None, Some(path)) => Stream::Unix(UnixStream::connect(path)?),
             (None, None) => unreachable!("checked by Args::parse"),
         };
-        match &s {
-            Stream::Tcp(t) => t.set_nonblocking(true)?,
-            Stream::Unix(u) => u.set_nonblocking(true)?,
-        }
+        s.set_nonblocking()?;
         Ok(s)
-    }
-
-    fn fd(&self) -> RawFd {
-        match self {
-            Stream::Tcp(s) => s.as_raw_fd(),
-            Stream::Unix(s) => s.as_raw_fd(),
-        }
-    }
-
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.read(buf),
-            Stream::Unix(s) => s.read(buf),
-        }
-    }
-
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.write(buf),
-            Stream::Unix(s) => s.write(buf),
-        }
     }
 }
 

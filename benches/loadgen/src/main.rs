@@ -18,6 +18,7 @@ mod client_tcp;
 mod client_udp;
 mod server;
 mod stats;
+mod stream;
 mod sys;
 
 use std::process::ExitCode;

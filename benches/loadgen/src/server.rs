@@ -11,12 +11,13 @@
 //! inside a signal handler.
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
-use std::net::{TcpListener, TcpStream, UdpSocket};
-use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::io::{self, Write};
+use std::net::{TcpListener, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixListener;
 
 use crate::args::Args;
+use crate::stream::Stream;
 use crate::sys::{cpu_times, termination_signalfd, Epoll, ERR, IN, OUT};
 
 /// What one read may take.  256 KiB like asyncio's selector transports
@@ -32,31 +33,6 @@ enum Listener {
     Unix(UnixListener, String),
 }
 
-enum Stream {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
-
-impl Stream {
-    fn fd(&self) -> RawFd {
-        match self {
-            Stream::Tcp(s) => s.as_raw_fd(),
-            Stream::Unix(s) => s.as_raw_fd(),
-        }
-    }
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.read(buf),
-            Stream::Unix(s) => s.read(buf),
-        }
-    }
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.write(buf),
-            Stream::Unix(s) => s.write(buf),
-        }
-    }
-}
 
 struct Conn {
     stream: Stream,
@@ -196,10 +172,7 @@ pub fn run(a: &Args) -> Result<(), String> {
                         // ECONNABORTED and the like: that client is gone, not us.
                         Err(_) => break,
                     };
-                    let nb = match &stream {
-                        Stream::Tcp(s) => s.set_nonblocking(true),
-                        Stream::Unix(s) => s.set_nonblocking(true),
-                    };
+                    let nb = stream.set_nonblocking();
                     if nb.is_err() || ep.add(stream.fd(), IN, next_token).is_err() {
                         continue; // dropped: closes it
                     }
