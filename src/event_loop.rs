@@ -163,11 +163,6 @@ fn closed_error() -> PyErr {
 
 impl LoopCore {
     #[inline]
-    pub fn is_closed_flag(&self) -> bool {
-        self.closed.load(Ordering::Relaxed)
-    }
-
-    #[inline]
     pub fn is_debug(&self) -> bool {
         self.debug.load(Ordering::Relaxed)
     }
@@ -859,7 +854,7 @@ impl LoopCore {
         self.thread_id.load(Ordering::Relaxed) != 0
     }
 
-    fn is_closed(&self) -> bool {
+    pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Relaxed)
     }
 

@@ -49,6 +49,8 @@ const READ_CHUNK: usize = 256 * 1024;
 const MAX_READS_PER_EVENT: usize = 16;
 /// asyncio's `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
 const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
+/// asyncio's message for a failed read.
+const READ_FAILED: &str = "Fatal read error on socket transport";
 /// asyncio's default write buffer limits (`_FlowControlMixin`).
 const DEFAULT_HIGH_WATER: usize = 64 * 1024;
 
@@ -96,6 +98,16 @@ struct StreamState {
 impl StreamState {
     fn is_reading(&self) -> bool {
         !self.closing && !self.paused
+    }
+
+    /// asyncio would have a reader registered and reads are still wanted.
+    fn reads_pending(&self) -> bool {
+        self.reader_on && self.conn_lost == 0
+    }
+
+    /// asyncio would have a writer registered: data waits to be sent.
+    fn writes_pending(&self) -> bool {
+        !self.buffer.is_empty() && self.conn_lost == 0
     }
 
     fn high_low(&self) -> (f64, f64) {
@@ -157,7 +169,7 @@ impl StreamTransport {
     /// registered, a writer is -- data waits to be sent).
     pub fn watching(&self, py: Python<'_>) -> (bool, bool) {
         match self.st.borrow_mut(py) {
-            Ok(st) => (st.reader_on && st.conn_lost == 0, !st.buffer.is_empty() && st.conn_lost == 0),
+            Ok(st) => (st.reads_pending(), st.writes_pending()),
             Err(_) => (true, true),
         }
     }
@@ -168,14 +180,8 @@ impl StreamTransport {
         if readable {
             Self::read_ready(slf, drain)?;
         }
-        if writable {
-            let pending = {
-                let st = slf.get().st.borrow_mut(slf.py())?;
-                !st.buffer.is_empty() && st.conn_lost == 0
-            };
-            if pending {
-                Self::write_ready(slf)?;
-            }
+        if writable && slf.get().st.borrow_mut(slf.py())?.writes_pending() {
+            Self::write_ready(slf)?;
         }
         Ok(())
     }
@@ -210,7 +216,7 @@ impl StreamTransport {
         for _ in 0..MAX_READS_PER_EVENT {
             let (protocol, buffered, fd) = {
                 let st = slf.get().st.borrow_mut(py)?;
-                if st.conn_lost > 0 || !st.reader_on {
+                if !st.reads_pending() {
                     return Ok(());
                 }
                 match &st.protocol {
@@ -247,12 +253,8 @@ impl StreamTransport {
             Ok(Some(data)) => data,
             Ok(None) => return Ok(Read::Eof),
             Err(RecvError::WouldBlock) => return Ok(Read::Drained),
-            Err(RecvError::Os(errno)) => {
-                Self::fatal_error(slf, os_error(py, errno), "Fatal read error on socket transport")?;
-                return Ok(Read::Failed);
-            }
-            Err(RecvError::Python(err)) => {
-                Self::fatal_error(slf, err, "Fatal read error on socket transport")?;
+            Err(RecvError::Failed(err)) => {
+                Self::fatal_error(slf, err, READ_FAILED)?;
                 return Ok(Read::Failed);
             }
         };
@@ -287,7 +289,7 @@ impl StreamTransport {
             // end of this arm.
             Ok(view) => (unsafe { recv_raw(fd, view.as_mut_ptr(), view.len()) }, view.len()),
             Err(e) => {
-                Self::fatal_error(slf, e, "Fatal read error on socket transport")?;
+                Self::fatal_error(slf, e, READ_FAILED)?;
                 return Ok(Read::Failed);
             }
         };
@@ -305,7 +307,7 @@ impl StreamTransport {
             }
             (Io::WouldBlock, _) => Ok(Read::Drained),
             (Io::Failed(errno), _) => {
-                Self::fatal_error(slf, os_error(py, errno), "Fatal read error on socket transport")?;
+                Self::fatal_error(slf, os_error(py, errno), READ_FAILED)?;
                 Ok(Read::Failed)
             }
         }
@@ -863,7 +865,7 @@ impl StreamTransport {
             (st.loop_.as_ref().map(|l| l.clone_ref(py)), st.fd)
         };
         match loop_ {
-            Some(l) if !l.get().is_closed_flag() => {
+            Some(l) if !l.get().is_closed() => {
                 LoopCore::watch_transport(l.bind(py), fd, slf.clone().unbind())
             }
             _ => Ok(()),
@@ -1042,8 +1044,7 @@ impl StreamTransport {
 
     #[getter]
     fn _writer_polling(&self, py: Python<'_>) -> PyResult<bool> {
-        let st = self.st.borrow_mut(py)?;
-        Ok(!st.buffer.is_empty() && st.conn_lost == 0)
+        Ok(self.st.borrow_mut(py)?.writes_pending())
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {

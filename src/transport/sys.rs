@@ -170,7 +170,7 @@ pub fn recv_bytes(py: Python<'_>, fd: RawFd, max: usize) -> Result<Option<Bound<
     // bytes; the result is a new reference or NULL with an exception set.
     let mut obj = unsafe { ffi::PyBytes_FromStringAndSize(std::ptr::null(), max as ffi::Py_ssize_t) };
     if obj.is_null() {
-        return Err(RecvError::Python(PyErr::fetch(py)));
+        return Err(RecvError::Failed(PyErr::fetch(py)));
     }
     // SAFETY: `obj` is a bytes object of `max` writable bytes that only we
     // reference (so writing into it is allowed until it is shared).
@@ -183,14 +183,14 @@ pub fn recv_bytes(py: Python<'_>, fd: RawFd, max: usize) -> Result<Option<Bound<
             return match other {
                 Io::Done(_) => Ok(None),
                 Io::WouldBlock => Err(RecvError::WouldBlock),
-                Io::Failed(errno) => Err(RecvError::Os(errno)),
+                Io::Failed(errno) => Err(RecvError::Failed(os_error(py, errno))),
             };
         }
     };
     // SAFETY: `obj` is an unshared bytes object we own; on failure
     // _PyBytes_Resize frees it, sets `obj` to NULL and sets an exception.
     if n < max && unsafe { _PyBytes_Resize(&mut obj, n as ffi::Py_ssize_t) } < 0 {
-        return Err(RecvError::Python(PyErr::fetch(py)));
+        return Err(RecvError::Failed(PyErr::fetch(py)));
     }
     // SAFETY: `obj` is a valid new reference to a bytes object.
     Ok(Some(unsafe { Bound::from_owned_ptr(py, obj).cast_into_unchecked() }))
@@ -198,7 +198,6 @@ pub fn recv_bytes(py: Python<'_>, fd: RawFd, max: usize) -> Result<Option<Bound<
 
 pub enum RecvError {
     WouldBlock,
-    Os(i32),
-    /// Allocating the bytes failed (MemoryError).
-    Python(PyErr),
+    /// The OSError of a failed recv, or a failed allocation (MemoryError).
+    Failed(PyErr),
 }
