@@ -13,53 +13,11 @@ import warnings
 
 import pytest
 
-from conftest import on_ferroloop
+from conftest import Recorder, on_ferroloop, open_fds
 
 
 def run(loop, coro, timeout=10):
     return loop.run_until_complete(asyncio.wait_for(coro, timeout))
-
-
-def open_fds():
-    return len(os.listdir('/proc/self/fd'))
-
-
-class Recorder(asyncio.Protocol):
-    """Records every callback, in order."""
-
-    def __init__(self, loop, eof_keep_open=False):
-        self.loop = loop
-        self.events = []
-        self.data = bytearray()
-        self.transport = None
-        self.eof_keep_open = eof_keep_open
-        self.lost = loop.create_future()
-        self.got_eof = loop.create_future()
-
-    def connection_made(self, transport):
-        self.events.append('made')
-        self.transport = transport
-
-    def data_received(self, data):
-        assert type(data) is bytes
-        if not self.events or self.events[-1] != 'data':
-            self.events.append('data')
-        self.data += data
-
-    def eof_received(self):
-        self.events.append('eof')
-        self.got_eof.set_result(None)
-        return self.eof_keep_open
-
-    def pause_writing(self):
-        self.events.append('pause')
-
-    def resume_writing(self):
-        self.events.append('resume')
-
-    def connection_lost(self, exc):
-        self.events.append(('lost', type(exc).__name__ if exc else None))
-        self.lost.set_result(exc)
 
 
 class EchoServer(asyncio.Protocol):

@@ -130,6 +130,14 @@ def transport_debug(transport, message):
     logger.debug(message, transport)
 
 
-def warn_lost_write():
+def transport_info(transport, message):
+    """Debug-mode transport events logged at INFO ("%r was closed by peer")."""
+    logger.info(message, transport)
+
+
+def warn_lost_write(pipe):
     """write() keeps being called after the connection was lost."""
-    logger.warning('socket.send() raised exception.')
+    if pipe:
+        logger.warning('pipe closed by peer or os.write(pipe, data) raised exception.')
+    else:
+        logger.warning('socket.send() raised exception.')

@@ -6,12 +6,15 @@ wake-up) are native, in `LoopCore`.  This class adds the cold paths:
 * lifecycle around the native run loop (run_forever setup/cleanup, close);
 * signal handlers, on the native signal wake-up pipe;
 * create_task with keyword pass-through to task factories;
-* stream sockets (TCP, Unix) get native transports (`_transports.py`):
-  asyncio's own create_connection/create_server/start_tls/streams code
-  makes them through `_make_socket_transport`/`_make_ssl_transport`;
+* stream sockets (TCP, Unix) and pipes get native transports
+  (`_transports.py`): asyncio's own create_connection/create_server/
+  start_tls/streams/connect_*_pipe/subprocess code makes them through the
+  `_make_*_transport` methods;
+* subprocesses: children are reaped by the loop itself (`_children.py`),
+  not by asyncio's child watchers;
 * everything else -- run_until_complete, exception handling, executors,
   async generator hooks, DNS, connection setup, servers, UDP, sock_*
-  methods, pipes and subprocesses -- is inherited from asyncio's own
+  methods, subprocess setup -- is inherited from asyncio's own
   `SelectorEventLoop`, whose methods run unchanged on top of the native
   `_add_reader`/`_add_writer`/`call_soon` primitives.
 """
@@ -27,7 +30,9 @@ from asyncio import (base_events, constants, coroutines, events, futures, sslpro
 from asyncio.log import logger
 
 from . import _ferroloop
-from ._transports import DatagramTransport, SocketTransport
+from ._children import ChildReaper
+from ._transports import (DatagramTransport, ReadPipeTransport, SocketTransport,
+                          WritePipeTransport)
 
 __all__ = ('Loop',)
 
@@ -103,6 +108,7 @@ class Loop(_ferroloop.LoopCore, unix_events.SelectorEventLoop):
         self._unix_server_sockets = {}
         self._claimed_wakeup_fd = False
         self._old_agen_hooks = None
+        self._children = ChildReaper(self)
 
     def __setattr__(self, name, value):
         if name == 'call_soon':
@@ -160,6 +166,7 @@ class Loop(_ferroloop.LoopCore, unix_events.SelectorEventLoop):
                           f"stage, skipping signal handlers removal",
                           ResourceWarning, source=self)
             self._signal_handlers.clear()
+        self._children.close()
         base_events.BaseEventLoop.close(self)
         self._close_native()
         # Like asyncio's selector loop: no selector (transports' repr then
@@ -219,6 +226,34 @@ class Loop(_ferroloop.LoopCore, unix_events.SelectorEventLoop):
                                  waiter=None, extra=None):
         self._ensure_fd_no_transport(sock)
         return DatagramTransport(self, sock, protocol, address, waiter, extra)
+
+    def _make_read_pipe_transport(self, pipe, protocol, waiter=None,
+                                  extra=None):
+        return ReadPipeTransport(self, pipe, protocol, waiter, extra)
+
+    def _make_write_pipe_transport(self, pipe, protocol, waiter=None,
+                                   extra=None):
+        return WritePipeTransport(self, pipe, protocol, waiter, extra)
+
+    async def _make_subprocess_transport(self, protocol, args, shell,
+                                         stdin, stdout, stderr, bufsize,
+                                         extra=None, **kwargs):
+        # asyncio's, minus the child watcher: this loop reaps its own
+        # children (_children.py).
+        waiter = self.create_future()
+        transp = unix_events._UnixSubprocessTransport(
+            self, protocol, args, shell, stdin, stdout, stderr, bufsize,
+            waiter=waiter, extra=extra, **kwargs)
+        self._children.watch(transp.get_pid(), transp._process_exited)
+        try:
+            await waiter
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException:
+            transp.close()
+            await transp._wait()
+            raise
+        return transp
 
     async def _sendfile_native(self, transp, file, offset, count):
         if not isinstance(transp, SocketTransport):

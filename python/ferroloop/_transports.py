@@ -1,11 +1,14 @@
-"""ferroloop's socket transport: the Python half of the native
+"""ferroloop's socket and pipe transports: the Python half of the native
 `StreamTransport` (src/transport/stream.rs), which does the reading,
 writing, flow control and closing.  What is here runs once per connection
 or on errors: construction, extra info, repr, the fatal-error report and
 the unclosed-transport warning -- the same code paths as asyncio's
-`_SelectorSocketTransport`.
+`_SelectorSocketTransport`, `_UnixReadPipeTransport` and
+`_UnixWritePipeTransport`.
 """
-import socket
+import errno
+import os
+import stat
 import sys
 import warnings
 from asyncio import base_events, constants, futures, selector_events, transports, trsock
@@ -13,7 +16,8 @@ from asyncio.log import logger
 
 from . import _ferroloop
 
-__all__ = ('SocketTransport', 'DatagramTransport')
+__all__ = ('SocketTransport', 'ReadPipeTransport', 'WritePipeTransport',
+           'DatagramTransport')
 
 _SERVER_ATTACH_TAKES_TRANSPORT = sys.version_info >= (3, 13)
 
@@ -27,8 +31,53 @@ class _SocketTransportFacade(transports._FlowControlMixin, transports.Transport)
 _SocketTransportFacade.__name__ = _SocketTransportFacade.__qualname__ = 'SocketTransport'
 
 
-class SocketTransport(_ferroloop.StreamTransport):
-    """A TCP or Unix stream socket transport (asyncio.Transport's API)."""
+class _NativeTransport(_ferroloop.StreamTransport):
+    """What the socket and pipe transports share in Python."""
+
+    def get_extra_info(self, name, default=None):
+        """Information about the transport (see the subclass), and what the
+        caller passed as extra."""
+        return self._extra.get(name, default)
+
+    def _repr_info(self):
+        """The start of asyncio's repr: class name, state and fd."""
+        info = [type(self).__name__]
+        if self._sock is None:
+            info.append('closed')
+        elif self._closing:
+            info.append('closing')
+        info.append(f'fd={self._sock_fd}')
+        return info
+
+    def __del__(self, _warn=warnings.warn):
+        if self._sock is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            self._release_unclosed()
+
+    @staticmethod
+    def _quiet_error(exc):
+        """Errors logged in debug mode only (the peer went away...)."""
+        return isinstance(exc, OSError)
+
+    def _report_error(self, exc, message):
+        """A fatal error's report, as asyncio makes it: quiet errors go to
+        the debug log, the others to the loop's exception handler."""
+        if self._quiet_error(exc):
+            loop = self._loop
+            if loop is not None and loop.get_debug():
+                logger.debug("%r: %s", self, message, exc_info=exc)
+        else:
+            self._loop.call_exception_handler({
+                'message': message,
+                'exception': exc,
+                'transport': self,
+                'protocol': self._protocol,
+            })
+
+
+class SocketTransport(_NativeTransport):
+    """A TCP or Unix stream socket transport (asyncio.Transport's API);
+    get_extra_info() knows 'socket', 'sockname' and 'peername'."""
 
     # A native class cannot derive from asyncio.Transport (its __slots__
     # layout conflicts), so `isinstance(t, asyncio.Transport)` -- and
@@ -72,18 +121,8 @@ class SocketTransport(_ferroloop.StreamTransport):
         if waiter is not None:
             loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
 
-    def get_extra_info(self, name, default=None):
-        """Information about the transport: 'socket', 'sockname',
-        'peername', and what the caller passed as extra."""
-        return self._extra.get(name, default)
-
     def __repr__(self):
-        info = [type(self).__name__]
-        if self._sock is None:
-            info.append('closed')
-        elif self._closing:
-            info.append('closing')
-        info.append(f'fd={self._sock_fd}')
+        info = self._repr_info()
         loop = self._loop
         if loop is not None and not loop.is_closed():
             info.append('read=polling' if self._reader_polling else 'read=idle')
@@ -92,24 +131,135 @@ class SocketTransport(_ferroloop.StreamTransport):
         return '<{}>'.format(' '.join(info))
 
     def _fatal_error(self, exc, message='Fatal error on transport'):
-        if isinstance(exc, OSError):
-            loop = self._loop
-            if loop is not None and loop.get_debug():
-                logger.debug("%r: %s", self, message, exc_info=exc)
-        else:
-            self._loop.call_exception_handler({
-                'message': message,
-                'exception': exc,
-                'transport': self,
-                'protocol': self._protocol,
-            })
+        self._report_error(exc, message)
         self._force_close(exc)
 
-    def __del__(self, _warn=warnings.warn):
-        if self._sock is not None:
-            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            self._release_unclosed()
 
+class _Absent:
+    """A native method asyncio's class for this transport does not have:
+    looking it up raises AttributeError (so hasattr() is false)."""
+
+    def __set_name__(self, owner, name):
+        self._name = name
+
+    def __get__(self, obj, objtype=None):
+        owner = objtype.__name__ if obj is None else type(obj).__name__
+        raise AttributeError(f"'{owner}' object has no attribute '{self._name}'")
+
+
+class _ReadPipeFacade(transports.ReadTransport):
+    """isinstance() target of ReadPipeTransport (see SocketTransport)."""
+    __slots__ = ()
+
+
+class _WritePipeFacade(transports._FlowControlMixin, transports.WriteTransport):
+    """isinstance() target of WritePipeTransport (see SocketTransport)."""
+    __slots__ = ()
+
+
+_ReadPipeFacade.__name__ = _ReadPipeFacade.__qualname__ = 'ReadPipeTransport'
+_WritePipeFacade.__name__ = _WritePipeFacade.__qualname__ = 'WritePipeTransport'
+
+
+class _PipeTransport(_NativeTransport):
+    """What the two pipe transports share: construction, repr, error
+    reports.  get_extra_info() knows 'pipe'."""
+
+    _writable = False
+
+    # asyncio's attribute names.
+    @property
+    def _pipe(self):
+        return self._sock
+
+    @_pipe.setter
+    def _pipe(self, pipe):
+        self._sock = pipe
+
+    _fileno = property(lambda self: self._sock_fd)
+
+    def __init__(self, loop, pipe, protocol, waiter=None, extra=None):
+        self._extra = {} if extra is None else extra
+        self._extra['pipe'] = pipe
+        fileno = pipe.fileno()
+        mode = os.fstat(fileno).st_mode
+        is_fifo, is_socket = stat.S_ISFIFO(mode), stat.S_ISSOCK(mode)
+        if not (is_fifo or is_socket or stat.S_ISCHR(mode)):
+            raise ValueError(self._not_a_pipe)
+        os.set_blocking(fileno, False)
+        # A write pipe learns that its reader went away by watching for
+        # reads, on FIFOs and sockets (as asyncio does).
+        self._attach_pipe(loop, pipe, protocol, self._writable,
+                          is_fifo or is_socket)
+        loop.call_soon(protocol.connection_made, self)
+        if not self._writable:
+            # Only start reading once connection_made() has run.
+            loop.call_soon(self._start_reading)
+        if waiter is not None:
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+
+    def __repr__(self):
+        info = self._repr_info()
+        loop = self._loop
+        if self._sock is not None and loop is not None and not loop.is_closed():
+            if self._writable:
+                info.append('polling' if self._writer_polling else 'idle')
+                info.append(f'bufsize={self.get_write_buffer_size()}')
+            else:
+                info.append('polling' if self._reader_polling else 'idle')
+        elif self._sock is not None:
+            info.append('open')
+        else:
+            info.append('closed')
+        return '<{}>'.format(' '.join(info))
+
+    def _fatal_error(self, exc, message='Fatal error on pipe transport'):
+        self._report_error(exc, message)
+        self._close(exc)
+
+    # Not in asyncio's pipe transports.
+    _server = _Absent()
+    _eof = _Absent()
+    _make_empty_waiter = _Absent()
+    _reset_empty_waiter = _Absent()
+    _suspend_watch = _Absent()
+    _resume_watch = _Absent()
+
+
+class ReadPipeTransport(_PipeTransport):
+    """The read end of a pipe (asyncio.ReadTransport's API)."""
+
+    __class__ = property(lambda self: _ReadPipeFacade)
+    max_size = 256 * 1024  # the most one read() asks for, as asyncio's
+    _not_a_pipe = "Pipe transport is for pipes/sockets only."
+
+    @staticmethod
+    def _quiet_error(exc):
+        """EIO (a pty whose other side closed) is logged in debug mode only."""
+        return isinstance(exc, OSError) and exc.errno == errno.EIO
+
+    # ReadTransport has no writing side.
+    write = writelines = write_eof = can_write_eof = abort = _Absent()
+    get_write_buffer_size = get_write_buffer_limits = _Absent()
+    set_write_buffer_limits = _Absent()
+
+
+class WritePipeTransport(_PipeTransport):
+    """The write end of a pipe (asyncio.WriteTransport's API)."""
+
+    __class__ = property(lambda self: _WritePipeFacade)
+    _writable = True
+    _not_a_pipe = "Pipe transport is only for pipes, sockets and character devices"
+
+    # asyncio's write pipe inherits these from Transport, unimplemented.
+    def is_reading(self):
+        raise NotImplementedError
+
+    def pause_reading(self):
+        raise NotImplementedError
+
+    def resume_reading(self):
+        raise NotImplementedError
 
 
 class DatagramTransport(selector_events._SelectorDatagramTransport,

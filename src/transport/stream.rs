@@ -5,6 +5,10 @@
 //! adds the cold parts: construction, `get_extra_info`, repr, `__del__`,
 //! error reports.
 //!
+//! The same machinery carries pipes (`Kind::ReadPipe`, `Kind::WritePipe`,
+//! asyncio's `_UnixReadPipeTransport`/`_UnixWritePipeTransport` in
+//! unix_events.py); where pipes behave differently is in `pipe.rs`.
+//!
 //! How it differs inside (not in behaviour):
 //! * The fd is registered once with the poller, edge-triggered for both
 //!   directions.  asyncio's reader/writer registrations become two flags:
@@ -36,7 +40,7 @@ use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 
 use super::buffer::WriteBuffer;
-use super::sys::{os_error, recv_bytes, recv_raw, send, send_vectored, shutdown_write, BufferView, Io, RecvError};
+use super::sys::{os_error, read_bytes, read_raw, shutdown_write, write, write_vectored, BufferView, Io, RecvError, WriteCall};
 use crate::event_loop::LoopCore;
 use crate::gil_cell::GilCell;
 use crate::handles::{copy_current_context, is_fatal};
@@ -49,8 +53,39 @@ const READ_CHUNK: usize = 256 * 1024;
 const MAX_READS_PER_EVENT: usize = 16;
 /// asyncio's `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
 const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
-/// asyncio's message for a failed read.
-const READ_FAILED: &str = "Fatal read error on socket transport";
+
+mod pipe;
+
+/// What the transport carries; the pipe kinds follow asyncio's pipe
+/// transports where those differ from its socket transport.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+enum Kind {
+    #[default]
+    Socket,
+    ReadPipe,
+    WritePipe,
+}
+
+impl Kind {
+    fn write_call(self) -> WriteCall {
+        match self {
+            Kind::Socket => WriteCall::Send,
+            Kind::ReadPipe | Kind::WritePipe => WriteCall::Write,
+        }
+    }
+
+    fn is_pipe(self) -> bool {
+        self != Kind::Socket
+    }
+
+    fn read_failed(self) -> &'static str {
+        if self.is_pipe() { "Fatal read error on pipe transport" } else { "Fatal read error on socket transport" }
+    }
+
+    fn write_failed(self) -> &'static str {
+        if self.is_pipe() { "Fatal write error on pipe transport" } else { "Fatal write error on socket transport" }
+    }
+}
 /// asyncio's default write buffer limits (`_FlowControlMixin`).
 const DEFAULT_HIGH_WATER: usize = 64 * 1024;
 
@@ -80,17 +115,20 @@ struct StreamState {
     empty_waiter: Option<Py<PyAny>>,
     limits: Option<Limits>,
     fd: RawFd,
+    kind: Kind,
     /// The protocol is a BufferedProtocol.
     buffered: bool,
     protocol_connected: bool,
-    /// asyncio would have a reader registered: reads are delivered.
+    /// asyncio would have a reader registered: reads are delivered (for a
+    /// write pipe: a readiness report means the reader went away).
     reader_on: bool,
     closing: bool,
     paused: bool,
     eof: bool,
     protocol_paused: bool,
     /// asyncio's `_conn_lost`: set once connection_lost is scheduled, then
-    /// counts writes attempted after that.
+    /// counts writes attempted after that.  (Write pipes: set by a failed
+    /// write; `closing` alone also drops writes.)
     conn_lost: u32,
     buffer: WriteBuffer,
 }
@@ -105,9 +143,16 @@ impl StreamState {
         self.reader_on && self.conn_lost == 0
     }
 
-    /// asyncio would have a writer registered: data waits to be sent.
+    /// asyncio would have a writer registered: data waits to be sent.  (A
+    /// write pipe's `conn_lost` also counts writes dropped while it closes,
+    /// which must not stop the flush; its errors clear the buffer.)
     fn writes_pending(&self) -> bool {
-        !self.buffer.is_empty() && self.conn_lost == 0
+        !self.buffer.is_empty() && (self.conn_lost == 0 || self.kind == Kind::WritePipe)
+    }
+
+    /// write() would only count the call, not send anything.
+    fn writes_dropped(&self) -> bool {
+        self.conn_lost > 0 || (self.kind == Kind::WritePipe && self.closing)
     }
 
     fn high_low(&self) -> (f64, f64) {
@@ -178,7 +223,11 @@ impl StreamTransport {
     /// the reader handle, then the writer handle.
     pub fn on_io(slf: &Bound<'_, Self>, readable: bool, writable: bool, drain: bool) -> PyResult<()> {
         if readable {
-            Self::read_ready(slf, drain)?;
+            if slf.get().st.borrow_mut(slf.py())?.kind == Kind::WritePipe {
+                Self::pipe_reader_gone(slf)?;
+            } else {
+                Self::read_ready(slf, drain)?;
+            }
         }
         if writable && slf.get().st.borrow_mut(slf.py())?.writes_pending() {
             Self::write_ready(slf)?;
@@ -214,13 +263,13 @@ impl StreamTransport {
     fn read_ready(slf: &Bound<'_, Self>, drain: bool) -> PyResult<()> {
         let py = slf.py();
         for _ in 0..MAX_READS_PER_EVENT {
-            let (protocol, buffered, fd) = {
+            let (protocol, buffered, fd, kind) = {
                 let st = slf.get().st.borrow_mut(py)?;
                 if !st.reads_pending() {
                     return Ok(());
                 }
                 match &st.protocol {
-                    Some(p) => (p.clone_ref(py), st.buffered, st.fd),
+                    Some(p) => (p.clone_ref(py), st.buffered, st.fd, st.kind),
                     None => return Ok(()),
                 }
             };
@@ -228,7 +277,7 @@ impl StreamTransport {
             let outcome = if buffered {
                 Self::read_into_protocol(slf, &protocol, fd)?
             } else {
-                Self::read_bytes(slf, &protocol, fd)?
+                Self::read_bytes(slf, &protocol, fd, kind)?
             };
             match outcome {
                 Read::Data { more: true } => continue,
@@ -237,28 +286,39 @@ impl StreamTransport {
                 // callbacks the data caused run before connection_lost.
                 Read::Data { more: false } if drain => break,
                 Read::Data { .. } | Read::Drained | Read::Failed => return Ok(()),
+                Read::Eof if kind == Kind::ReadPipe => return Self::pipe_eof(slf, &protocol),
                 Read::Eof => return Self::on_eof(slf, &protocol),
             }
         }
         // Still more to read: let the other callbacks run first.
+        Self::retry_read(slf)
+    }
+
+    /// Read again at the next I/O dispatch (the edge-triggered fd will not
+    /// report data that is already there).
+    fn retry_read(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
         if let Some(loop_) = slf.get().loop_of(py)? {
             LoopCore::retry_io(loop_.bind(py), slf.clone().unbind())?;
         }
         Ok(())
     }
 
-    fn read_bytes(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>, fd: RawFd) -> PyResult<Read> {
+    fn read_bytes(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>, fd: RawFd, kind: Kind) -> PyResult<Read> {
         let py = slf.py();
-        let data = match recv_bytes(py, fd, READ_CHUNK) {
+        let data = match read_bytes(py, fd, READ_CHUNK) {
             Ok(Some(data)) => data,
             Ok(None) => return Ok(Read::Eof),
             Err(RecvError::WouldBlock) => return Ok(Read::Drained),
             Err(RecvError::Failed(err)) => {
-                Self::fatal_error(slf, err, READ_FAILED)?;
+                Self::fatal_error(slf, err, kind.read_failed())?;
                 return Ok(Read::Failed);
             }
         };
         let more = data.as_bytes().len() == READ_CHUNK;
+        if kind.is_pipe() {
+            return Self::pipe_data_received(slf, protocol, data, more);
+        }
         let called = Self::call_protocol(
             slf,
             protocol,
@@ -287,9 +347,9 @@ impl StreamTransport {
         let io = match BufferView::get(&buf, true) {
             // SAFETY: a writable view of `view.len()` bytes, held until the
             // end of this arm.
-            Ok(view) => (unsafe { recv_raw(fd, view.as_mut_ptr(), view.len()) }, view.len()),
+            Ok(view) => (unsafe { read_raw(fd, view.as_mut_ptr(), view.len()) }, view.len()),
             Err(e) => {
-                Self::fatal_error(slf, e, READ_FAILED)?;
+                Self::fatal_error(slf, e, Kind::Socket.read_failed())?;
                 return Ok(Read::Failed);
             }
         };
@@ -307,7 +367,7 @@ impl StreamTransport {
             }
             (Io::WouldBlock, _) => Ok(Read::Drained),
             (Io::Failed(errno), _) => {
-                Self::fatal_error(slf, os_error(py, errno), READ_FAILED)?;
+                Self::fatal_error(slf, os_error(py, errno), Kind::Socket.read_failed())?;
                 Ok(Read::Failed)
             }
         }
@@ -343,15 +403,16 @@ impl StreamTransport {
     /// Send what the buffer holds (asyncio's `_write_ready`).
     fn write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        let failed = {
+        let (failed, kind) = {
             let mut st = slf.get().st.borrow_mut(py)?;
-            if st.conn_lost > 0 {
+            if !st.writes_pending() {
                 return Ok(());
             }
+            let how = st.kind.write_call();
             let mut failed = None;
             while !st.buffer.is_empty() {
                 let want = st.buffer.len();
-                match send(st.fd, st.buffer.as_slice()) {
+                match write(st.fd, st.buffer.as_slice(), how) {
                     Io::Done(n) => {
                         st.buffer.consume(n);
                         if n < want {
@@ -361,17 +422,20 @@ impl StreamTransport {
                     Io::WouldBlock => break,
                     Io::Failed(errno) => {
                         st.buffer.clear();
+                        if st.kind.is_pipe() {
+                            st.conn_lost += 1;
+                        }
                         failed = Some(errno);
                         break;
                     }
                 }
             }
-            failed
+            (failed, st.kind)
         };
         if let Some(errno) = failed {
             let err = os_error(py, errno);
             let exc = err.value(py).clone().unbind();
-            Self::fatal_error(slf, err, "Fatal write error on socket transport")?;
+            Self::fatal_error(slf, err, kind.write_failed())?;
             let waiter = slf.get().st.borrow_mut(py)?.empty_waiter.as_ref().map(|w| w.clone_ref(py));
             if let Some(w) = waiter {
                 w.bind(py).call_method1(intern!(py, "set_exception"), (exc,))?;
@@ -394,6 +458,7 @@ impl StreamTransport {
                 w.bind(py).call_method1(intern!(py, "set_result"), (py.None(),))?;
             }
             if closing {
+                slf.get().st.borrow_mut(py)?.reader_on = false;
                 Self::call_connection_lost_impl(slf, py.None().into_bound(py))?;
             } else if eof {
                 shutdown_write(py, fd)?;
@@ -568,17 +633,17 @@ impl StreamTransport {
     /// few), not sent -- asyncio's behaviour.  True if that was the case.
     fn count_lost_write(slf: &Bound<'_, Self>) -> PyResult<bool> {
         let py = slf.py();
-        let warn = {
+        let (warn, pipe) = {
             let mut st = slf.get().st.borrow_mut(py)?;
-            if st.conn_lost == 0 {
+            if !st.writes_dropped() {
                 return Ok(false);
             }
             let warn = st.conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES;
             st.conn_lost += 1;
-            warn
+            (warn, st.kind.is_pipe())
         };
         if warn {
-            call_hook(py, "warn_lost_write", ())?;
+            call_hook(py, "warn_lost_write", (pipe,))?;
         }
         Ok(true)
     }
@@ -594,23 +659,62 @@ impl StreamTransport {
         Ok(())
     }
 
+    /// Start afresh on `loop` and `file` (a socket or pipe object; its fd
+    /// from `fileno()`) with `protocol`; read callbacks will run in a copy
+    /// of the current context.  `init` adds what the kind of transport
+    /// needs to the new state.  Watching the fd is left to the caller.
+    fn bind<'py>(
+        slf: &Bound<'py, Self>,
+        loop_: &Bound<'py, PyAny>,
+        file: &Bound<'py, PyAny>,
+        protocol: &Bound<'py, PyAny>,
+        init: impl FnOnce(StreamState) -> StreamState,
+    ) -> PyResult<(Bound<'py, LoopCore>, RawFd)> {
+        let py = slf.py();
+        let loop_ = loop_
+            .cast::<LoopCore>()
+            .map_err(|_| PyTypeError::new_err("a native transport needs a ferroloop loop"))?
+            .clone();
+        let fd: RawFd = file.call_method0(intern!(py, "fileno"))?.extract()?;
+        if fd < 0 {
+            return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
+        }
+        let fresh = init(StreamState {
+            loop_: Some(loop_.clone().unbind()),
+            sock: Some(file.clone().unbind()),
+            context: Some(copy_current_context(py)?),
+            fd,
+            ..Default::default()
+        });
+        let old = std::mem::replace(&mut *slf.get().st.borrow_mut(py)?, fresh);
+        drop(old);
+        Self::set_protocol(slf, protocol)?;
+        Ok((loop_, fd))
+    }
+
     /// Send `parts` now if nothing is queued, queue what the kernel did not
     /// take, and pause the protocol if the buffer went over the high mark.
     fn send_or_buffer(slf: &Bound<'_, Self>, parts: &[&[u8]]) -> PyResult<()> {
         let py = slf.py();
-        let failed = {
+        let (failed, kind) = {
             let mut st = slf.get().st.borrow_mut(py)?;
             let mut sent = 0;
             let mut failed = None;
             if st.buffer.is_empty() {
+                let how = st.kind.write_call();
                 let io = match parts {
-                    [one] => send(st.fd, one),
-                    many => send_vectored(st.fd, many),
+                    [one] => write(st.fd, one, how),
+                    many => write_vectored(st.fd, many, how),
                 };
                 match io {
                     Io::Done(n) => sent = n,
                     Io::WouldBlock => {}
-                    Io::Failed(errno) => failed = Some(errno),
+                    Io::Failed(errno) => {
+                        if st.kind.is_pipe() {
+                            st.conn_lost += 1;
+                        }
+                        failed = Some(errno)
+                    }
                 }
             }
             if failed.is_none() {
@@ -623,10 +727,10 @@ impl StreamTransport {
                     }
                 }
             }
-            failed
+            (failed, st.kind)
         };
         if let Some(errno) = failed {
-            return Self::fatal_error(slf, os_error(py, errno), "Fatal write error on socket transport");
+            return Self::fatal_error(slf, os_error(py, errno), kind.write_failed());
         }
         Self::maybe_pause_protocol(slf)
     }
@@ -651,33 +755,34 @@ impl StreamTransport {
         protocol: &Bound<'_, PyAny>,
         server: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let py = slf.py();
-        let loop_ = r#loop
-            .cast::<LoopCore>()
-            .map_err(|_| PyTypeError::new_err("a native transport needs a ferroloop loop"))?
-            .clone();
-        let fd: RawFd = sock.call_method0(intern!(py, "fileno"))?.extract()?;
-        if fd < 0 {
-            return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
-        }
-        let context = copy_current_context(py)?;
-        let old = {
-            let mut st = slf.get().st.borrow_mut(py)?;
-            std::mem::replace(
-                &mut *st,
-                StreamState {
-                    loop_: Some(loop_.clone().unbind()),
-                    sock: Some(sock.clone().unbind()),
-                    context: Some(context),
-                    server: server.filter(|s| !s.is_none()).map(|s| s.clone().unbind()),
-                    fd,
-                    ..Default::default()
-                },
-            )
-        };
-        drop(old);
-        Self::set_protocol(slf, protocol)?;
+        let server = server.filter(|s| !s.is_none()).map(|s| s.clone().unbind());
+        let (loop_, fd) = Self::bind(slf, r#loop, sock, protocol, |st| StreamState { server, ..st })?;
         LoopCore::watch_transport(&loop_, fd, slf.clone().unbind())
+    }
+
+    /// Bind to `loop` and a pipe (or socket, or character device) already
+    /// set non-blocking, as a read pipe or a write pipe.  A write pipe with
+    /// `watch_reader` treats readiness to read as its reader going away
+    /// (asyncio does this for FIFOs and sockets).  A character device that
+    /// epoll cannot watch (/dev/null) is accepted for writing: writes to it
+    /// never wait.
+    #[pyo3(signature = (r#loop, pipe, protocol, writable, watch_reader))]
+    fn _attach_pipe(
+        slf: &Bound<'_, Self>,
+        r#loop: &Bound<'_, PyAny>,
+        pipe: &Bound<'_, PyAny>,
+        protocol: &Bound<'_, PyAny>,
+        writable: bool,
+        watch_reader: bool,
+    ) -> PyResult<()> {
+        Self::attach_pipe(slf, r#loop, pipe, protocol, writable, watch_reader)
+    }
+
+    /// A pipe's `_close(exc)`: stop, drop buffered data, and schedule
+    /// connection_lost(exc).
+    #[pyo3(signature = (exc=None))]
+    fn _close(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        Self::pipe_close(slf, exc.unwrap_or_else(|| slf.py().None()))
     }
 
     /// Start delivering reads (asyncio's `call_soon(self._add_reader, ...)`
@@ -716,7 +821,9 @@ impl StreamTransport {
 
     fn set_protocol(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
-        let buffered = protocol.is_instance(buffered_protocol_type(py)?)?;
+        // asyncio's pipes always call data_received().
+        let socket = slf.get().st.borrow_mut(py)?.kind == Kind::Socket;
+        let buffered = socket && protocol.is_instance(buffered_protocol_type(py)?)?;
         let old = {
             let mut st = slf.get().st.borrow_mut(py)?;
             st.buffered = buffered;
@@ -777,6 +884,9 @@ impl StreamTransport {
     }
 
     fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        if slf.get().st.borrow_mut(slf.py())?.kind.is_pipe() {
+            Self::check_pipe_data(data)?;
+        }
         Self::check_bytes_like(data)?;
         slf.get().check_writable(slf.py(), "write")?;
         let view = BufferView::get(data, false)?;
@@ -805,6 +915,10 @@ impl StreamTransport {
         let py = slf.py();
         let fd = {
             let mut st = slf.get().st.borrow_mut(py)?;
+            if st.kind.is_pipe() {
+                drop(st);
+                return Self::pipe_write_eof(slf);
+            }
             if st.closing || st.eof {
                 return Ok(());
             }
@@ -824,11 +938,23 @@ impl StreamTransport {
     /// Close after flushing the write buffer; connection_lost(None) follows.
     #[pyo3(name = "close")]
     fn py_close(slf: &Bound<'_, Self>) -> PyResult<()> {
-        Self::close(slf)
+        let (kind, open) = {
+            let st = slf.get().st.borrow_mut(slf.py())?;
+            (st.kind, st.sock.is_some())
+        };
+        match kind {
+            // All a write pipe needs to close is write_eof.
+            Kind::WritePipe if open => Self::pipe_write_eof(slf),
+            Kind::WritePipe => Ok(()),
+            Kind::Socket | Kind::ReadPipe => Self::close(slf),
+        }
     }
 
     /// Close now, dropping buffered data; connection_lost(None) follows.
     fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
+        if slf.get().st.borrow_mut(slf.py())?.kind.is_pipe() {
+            return Self::pipe_close(slf, slf.py().None());
+        }
         Self::force_close(slf, slf.py().None())
     }
 
@@ -972,6 +1098,16 @@ impl StreamTransport {
     fn _sock(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let st = self.st.borrow_mut(py)?;
         Ok(st.sock.as_ref().map_or_else(|| py.None(), |s| s.clone_ref(py)))
+    }
+
+    /// Code that cleans up after asyncio's transports by hand sets this
+    /// (`transport._pipe = None` after closing the pipe itself).
+    #[setter(_sock)]
+    fn set_sock(&self, py: Python<'_>, sock: Option<Py<PyAny>>) -> PyResult<()> {
+        let sock = sock.filter(|s| !s.is_none(py));
+        let old = std::mem::replace(&mut self.st.borrow_mut(py)?.sock, sock);
+        drop(old);
+        Ok(())
     }
 
     #[getter]

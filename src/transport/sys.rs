@@ -32,33 +32,50 @@ fn classify(n: isize) -> Option<Io> {
     }
 }
 
-/// `recv(fd, buf, len, 0)`, retried on EINTR.
+/// `read(fd, buf, len)`, retried on EINTR.  On a socket this is
+/// `recv(fd, buf, len, 0)`; it also reads pipes and character devices.
 ///
 /// # Safety
 /// `buf` must be valid for writes of `len` bytes.
-pub unsafe fn recv_raw(fd: RawFd, buf: *mut u8, len: usize) -> Io {
+pub unsafe fn read_raw(fd: RawFd, buf: *mut u8, len: usize) -> Io {
     loop {
         // SAFETY: the caller guarantees `buf`/`len`; a bad fd is an errno.
-        if let Some(io) = classify(unsafe { libc::recv(fd, buf.cast(), len, 0) }) {
+        if let Some(io) = classify(unsafe { libc::read(fd, buf.cast(), len) }) {
             return io;
         }
     }
 }
 
-/// `send(fd, data, MSG_NOSIGNAL)`, retried on EINTR: a peer that went away
-/// is an EPIPE error here, never a SIGPIPE.
-pub fn send(fd: RawFd, data: &[u8]) -> Io {
+/// How a transport writes to its fd.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+pub enum WriteCall {
+    /// `send`/`sendmsg` with MSG_NOSIGNAL: a peer that went away is an
+    /// EPIPE error, never a SIGPIPE.
+    #[default]
+    Send,
+    /// `write`/`writev`, as asyncio's pipe transports do (`os.write`): they
+    /// also take pipes and character devices.  CPython ignores SIGPIPE, so
+    /// a closed pipe is an EPIPE error here too.
+    Write,
+}
+
+/// Write `data` (one system call, retried on EINTR).
+pub fn write(fd: RawFd, data: &[u8], how: WriteCall) -> Io {
     loop {
-        // SAFETY: `data` is a live slice of `data.len()` bytes.
-        let n = unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL) };
+        let n = match how {
+            // SAFETY: `data` is a live slice of `data.len()` bytes.
+            WriteCall::Send => unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL) },
+            // SAFETY: as above.
+            WriteCall::Write => unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) },
+        };
         if let Some(io) = classify(n) {
             return io;
         }
     }
 }
 
-/// Gathered `sendmsg` of several slices (at most IOV_MAX are used).
-pub fn send_vectored(fd: RawFd, parts: &[&[u8]]) -> Io {
+/// Gathered write of several slices (at most IOV_MAX are used).
+pub fn write_vectored(fd: RawFd, parts: &[&[u8]], how: WriteCall) -> Io {
     const IOV_MAX: usize = 1024;
     let iov: Vec<libc::iovec> = parts
         .iter()
@@ -71,9 +88,14 @@ pub fn send_vectored(fd: RawFd, parts: &[&[u8]]) -> Io {
     msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
     msg.msg_iovlen = iov.len() as _;
     loop {
-        // SAFETY: `msg` points at `iov`, whose entries point into the live
-        // slices of `parts`; sendmsg only reads them.
-        let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) };
+        let n = match how {
+            // SAFETY: `msg` points at `iov`, whose entries point into the
+            // live slices of `parts`; sendmsg only reads them.
+            WriteCall::Send => unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) },
+            // SAFETY: `iov` holds `iov.len()` entries pointing into the live
+            // slices of `parts`; writev only reads them.
+            WriteCall::Write => unsafe { libc::writev(fd, iov.as_ptr(), iov.len() as libc::c_int) },
+        };
         if let Some(io) = classify(n) {
             return io;
         }
@@ -158,14 +180,14 @@ extern "C" {
     fn _PyBytes_Resize(bytes: *mut *mut ffi::PyObject, newsize: ffi::Py_ssize_t) -> libc::c_int;
 }
 
-/// One `recv` of up to `max` bytes straight into a new bytes object, shrunk
+/// One `read` of up to `max` bytes straight into a new bytes object, shrunk
 /// to what arrived -- what asyncio's `sock.recv(max_size)` does, minus the
 /// Python call.  (A long-lived 256 KiB read buffer copied out from was
 /// measured at twice the kernel time per 100 KiB read on these machines:
 /// glibc serves it from its own mmap, and receiving into that is slower
 /// than into heap memory, which these short-lived buffers come from once
 /// glibc's mmap threshold has adapted.)  `Ok(None)` is the EOF.
-pub fn recv_bytes(py: Python<'_>, fd: RawFd, max: usize) -> Result<Option<Bound<'_, pyo3::types::PyBytes>>, RecvError> {
+pub fn read_bytes(py: Python<'_>, fd: RawFd, max: usize) -> Result<Option<Bound<'_, pyo3::types::PyBytes>>, RecvError> {
     // SAFETY: a NULL source makes CPython allocate `max` uninitialised
     // bytes; the result is a new reference or NULL with an exception set.
     let mut obj = unsafe { ffi::PyBytes_FromStringAndSize(std::ptr::null(), max as ffi::Py_ssize_t) };
@@ -174,7 +196,7 @@ pub fn recv_bytes(py: Python<'_>, fd: RawFd, max: usize) -> Result<Option<Bound<
     }
     // SAFETY: `obj` is a bytes object of `max` writable bytes that only we
     // reference (so writing into it is allowed until it is shared).
-    let io = unsafe { recv_raw(fd, ffi::PyBytes_AsString(obj).cast(), max) };
+    let io = unsafe { read_raw(fd, ffi::PyBytes_AsString(obj).cast(), max) };
     let n = match io {
         Io::Done(n) if n > 0 => n,
         other => {
@@ -198,6 +220,6 @@ pub fn recv_bytes(py: Python<'_>, fd: RawFd, max: usize) -> Result<Option<Bound<
 
 pub enum RecvError {
     WouldBlock,
-    /// The OSError of a failed recv, or a failed allocation (MemoryError).
+    /// The OSError of a failed read, or a failed allocation (MemoryError).
     Failed(PyErr),
 }

@@ -1,0 +1,384 @@
+"""Pipe transports (loop.connect_read_pipe / connect_write_pipe): the
+behaviour of asyncio's `_UnixReadPipeTransport` and
+`_UnixWritePipeTransport`, which ferroloop's native pipe transports replace.
+
+Every test also passes on stock asyncio (FERROLOOP_TEST_TARGET=asyncio).
+"""
+import asyncio
+import errno
+import gc
+import os
+import socket
+import tempfile
+import threading
+import warnings
+
+import pytest
+
+from conftest import Recorder, open_fds
+
+
+def run(loop, coro, timeout=20):
+    return loop.run_until_complete(asyncio.wait_for(coro, timeout))
+
+
+def PipeRecorder(loop):
+    """Records every callback; eof_received() answers True, which pipes
+    ignore (they close at EOF anyway)."""
+    return Recorder(loop, eof_keep_open=True)
+
+
+def pattern(n):
+    """n bytes of a recognisable, position-dependent pattern."""
+    block = bytes(range(251)) * 4200  # ~1 MiB, period 251
+    out = bytearray()
+    while len(out) < n:
+        out += block
+    return bytes(out[:n])
+
+
+def slow_reader(fd, sink, delay_every=1 << 20):
+    """Read `fd` to EOF on a thread (blocking), into `sink`."""
+    def run_reader():
+        with open(fd, 'rb', buffering=0) as f:
+            while True:
+                chunk = f.read(65536)
+                if not chunk:
+                    return
+                sink.extend(chunk)
+    t = threading.Thread(target=run_reader, daemon=True)
+    t.start()
+    return t
+
+
+# -- read pipes --------------------------------------------------------------
+
+def test_read_pipe_delivers_everything_then_eof_then_lost(loop):
+    before = open_fds()
+    rfd, wfd = os.pipe()
+    payload = pattern(8 * 1024 * 1024)
+
+    def writer():
+        with open(wfd, 'wb', buffering=0) as f:
+            f.write(payload)
+
+    async def main():
+        proto = PipeRecorder(loop)
+        pipe = open(rfd, 'rb', buffering=0)
+        tr, p = await loop.connect_read_pipe(lambda: proto, pipe)
+        assert p is proto and proto.events == ['made']
+        assert isinstance(tr, asyncio.ReadTransport)
+        assert tr.get_extra_info('pipe') is pipe
+        assert tr.is_reading() and not tr.is_closing()
+        t = threading.Thread(target=writer)
+        t.start()
+        assert await proto.lost is None
+        t.join()
+        assert proto.events == ['made', 'data', 'eof', ('lost', None)]
+        assert bytes(proto.data) == payload
+        assert tr.is_closing()
+        assert pipe.closed  # connection_lost closes the pipe object
+        return tr
+
+    run(loop, main())
+    assert open_fds() == before
+
+
+def test_read_pipe_api_surface(loop):
+    rfd, wfd = os.pipe()
+
+    async def main():
+        tr, proto = await loop.connect_read_pipe(lambda: PipeRecorder(loop), open(rfd, 'rb', 0))
+        for name in ('write', 'writelines', 'write_eof', 'can_write_eof', 'abort',
+                     'get_write_buffer_size', 'set_write_buffer_limits'):
+            assert not hasattr(tr, name), name
+        assert not isinstance(tr, asyncio.WriteTransport)
+        assert 'fd=%d' % rfd in repr(tr)
+        new = PipeRecorder(loop)
+        tr.set_protocol(new)
+        assert tr.get_protocol() is new
+        tr.set_protocol(proto)
+        tr.close()
+        assert tr.is_closing()
+        tr.close()  # a second close() does nothing
+        await proto.lost
+        assert proto.events == ['made', ('lost', None)]
+        assert 'closed' in repr(tr)
+        os.close(wfd)
+
+    run(loop, main())
+
+
+def test_read_pipe_pause_and_resume(loop):
+    rfd, wfd = os.pipe()
+
+    async def main():
+        tr, proto = await loop.connect_read_pipe(lambda: PipeRecorder(loop), open(rfd, 'rb', 0))
+        tr.pause_reading()
+        assert not tr.is_reading()
+        tr.pause_reading()  # idempotent
+        os.write(wfd, b'while paused')
+        for _ in range(5):
+            await asyncio.sleep(0.01)
+        assert proto.data == b''
+        tr.resume_reading()
+        assert tr.is_reading()
+        while len(proto.data) < 12:
+            await asyncio.sleep(0.005)
+        assert proto.data == b'while paused'
+        os.close(wfd)
+        await proto.lost
+        assert not tr.is_reading()
+        tr.resume_reading()  # closed: stays off
+        assert not tr.is_reading()
+
+    run(loop, main())
+
+
+def test_read_pipe_protocol_error_is_reported_and_reading_goes_on(loop):
+    rfd, wfd = os.pipe()
+    errors = []
+    loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))
+
+    class Failing(Recorder):
+        def data_received(self, data):
+            super().data_received(data)
+            if len(errors) == 0 and b'boom' in data:
+                raise ZeroDivisionError('in data_received')
+
+    async def main():
+        tr, proto = await loop.connect_read_pipe(lambda: Failing(loop), open(rfd, 'rb', 0))
+        os.write(wfd, b'boom')
+        while not errors:
+            await asyncio.sleep(0.005)
+        assert isinstance(errors[0]['exception'], ZeroDivisionError)
+        assert not tr.is_closing()
+        os.write(wfd, b'-more')
+        os.close(wfd)
+        await proto.lost
+        assert proto.data == b'boom-more'
+        assert proto.events == ['made', 'data', 'eof', ('lost', None)]
+
+    run(loop, main())
+
+
+def test_pipe_transports_reject_regular_files(loop):
+    with tempfile.TemporaryFile() as f:
+        with pytest.raises(ValueError, match='Pipe transport is for pipes/sockets only'):
+            run(loop, loop.connect_read_pipe(lambda: PipeRecorder(loop), f))
+        with pytest.raises(ValueError, match='only for pipes, sockets and character devices'):
+            run(loop, loop.connect_write_pipe(lambda: PipeRecorder(loop), f))
+
+
+def test_read_pty_eio_closes_quietly(loop):
+    master, slave = os.openpty()
+    errors = []
+    loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))
+
+    async def main():
+        tr, proto = await loop.connect_read_pipe(lambda: PipeRecorder(loop), open(master, 'rb', 0))
+        os.write(slave, b'hello pty\n')
+        while b'hello' not in proto.data:
+            await asyncio.sleep(0.005)
+        os.close(slave)  # the master then reads EIO
+        exc = await proto.lost
+        assert isinstance(exc, OSError) and exc.errno == errno.EIO
+        assert errors == []
+
+    run(loop, main())
+
+
+def test_socket_as_read_and_write_pipe(loop):
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+
+    async def main():
+        rtr, rproto = await loop.connect_read_pipe(lambda: PipeRecorder(loop), a)
+        wtr, wproto = await loop.connect_write_pipe(lambda: PipeRecorder(loop), c)
+        b.sendall(b'from b')
+        wtr.write(b'to d')
+        while rproto.data != b'from b':
+            await asyncio.sleep(0.005)
+        assert d.recv(100) == b'to d'
+        b.close()
+        await rproto.lost
+        wtr.close()
+        assert await wproto.lost is None
+        assert a.fileno() == -1 and c.fileno() == -1
+        d.close()
+
+    run(loop, main())
+
+
+# -- write pipes -------------------------------------------------------------
+
+def test_write_pipe_big_write_arrives_intact_with_flow_control(loop):
+    rfd, wfd = os.pipe()
+    sink = bytearray()
+    payload = pattern(16 * 1024 * 1024)
+
+    async def main():
+        tr, proto = await loop.connect_write_pipe(lambda: PipeRecorder(loop), open(wfd, 'wb', 0))
+        assert isinstance(tr, asyncio.WriteTransport)
+        assert tr.can_write_eof()
+        assert tr.get_write_buffer_limits() == (16384, 65536)
+        with pytest.raises(NotImplementedError):
+            tr.pause_reading()  # asyncio's write pipe is a Transport
+        tr.write(payload[:1])
+        tr.write(bytearray(payload[1:10]))
+        tr.write(memoryview(payload)[10:4 << 20])
+        assert tr.get_write_buffer_size() > 0  # nobody reads yet
+        assert proto.events[-1] == 'pause'
+        tr.writelines([payload[4 << 20:8 << 20], payload[8 << 20:]])
+        t = slow_reader(rfd, sink)
+        tr.close()  # flushes first
+        assert tr.is_closing()
+        tr.write(b'dropped after close')  # counted, not sent, no error
+        assert await proto.lost is None
+        await loop.run_in_executor(None, t.join)
+        assert proto.events == ['made', 'pause', 'resume', ('lost', None)]
+
+    run(loop, main())
+    assert bytes(sink) == payload
+
+
+def test_write_pipe_reader_gone_with_empty_buffer(loop):
+    rfd, wfd = os.pipe()
+
+    async def main():
+        tr, proto = await loop.connect_write_pipe(lambda: PipeRecorder(loop), open(wfd, 'wb', 0))
+        tr.write(b'small')
+        os.close(rfd)
+        assert await proto.lost is None
+        assert tr.is_closing()
+
+    run(loop, main())
+
+
+def test_write_pipe_reader_gone_with_data_pending(loop):
+    rfd, wfd = os.pipe()
+    errors = []
+    loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))
+
+    async def main():
+        tr, proto = await loop.connect_write_pipe(lambda: PipeRecorder(loop), open(wfd, 'wb', 0))
+        tr.write(b'x' * (1 << 20))  # more than the pipe holds
+        assert tr.get_write_buffer_size() > 0
+        os.close(rfd)
+        exc = await proto.lost
+        assert isinstance(exc, BrokenPipeError)
+        assert tr.get_write_buffer_size() == 0
+        assert errors == []  # OSErrors on write pipes are not reported
+
+    run(loop, main())
+
+
+def test_write_pipe_abort_drops_buffer(loop):
+    rfd, wfd = os.pipe()
+
+    async def main():
+        tr, proto = await loop.connect_write_pipe(lambda: PipeRecorder(loop), open(wfd, 'wb', 0))
+        tr.write(b'y' * (1 << 20))
+        tr.abort()
+        assert tr.is_closing() and tr.get_write_buffer_size() == 0
+        assert await proto.lost is None
+        with open(rfd, 'rb', 0) as r:
+            got = r.read()  # what the kernel took before the abort
+        assert 0 < len(got) < 1 << 20
+
+    run(loop, main())
+
+
+def test_write_pipe_write_eof_and_bad_input(loop):
+    rfd, wfd = os.pipe()
+
+    async def main():
+        tr, proto = await loop.connect_write_pipe(lambda: PipeRecorder(loop), open(wfd, 'wb', 0))
+        with pytest.raises(AssertionError):
+            tr.write('text is not bytes')
+        tr.write(b'')
+        tr.write(b'last words')
+        tr.write_eof()
+        assert tr.is_closing()
+        assert await proto.lost is None
+        with open(rfd, 'rb', 0) as r:
+            assert r.read() == b'last words'
+
+    run(loop, main())
+
+
+def test_write_pipe_to_dev_null(loop):
+    async def main():
+        with open(os.devnull, 'wb', 0) as devnull:
+            tr, proto = await loop.connect_write_pipe(lambda: PipeRecorder(loop), devnull)
+            tr.write(b'z' * (4 << 20))
+            assert tr.get_write_buffer_size() == 0
+            tr.close()
+            assert await proto.lost is None
+
+    run(loop, main())
+
+
+def test_write_pipe_buffer_limits(loop):
+    rfd, wfd = os.pipe()
+
+    async def main():
+        tr, proto = await loop.connect_write_pipe(lambda: PipeRecorder(loop), open(wfd, 'wb', 0))
+        with pytest.raises(ValueError, match='high.*must be >= low'):
+            tr.set_write_buffer_limits(high=1, low=2)
+        tr.set_write_buffer_limits(high=200000, low=100)
+        assert tr.get_write_buffer_limits() == (100, 200000)
+        tr.write(b'a' * 150000)  # 64 KiB in the pipe, the rest buffered
+        assert 'pause' not in proto.events
+        tr.write(b'b' * 200000)
+        assert proto.events[-1] == 'pause'
+        sink = bytearray()
+        t = slow_reader(rfd, sink)
+        tr.close()
+        await proto.lost
+        await loop.run_in_executor(None, t.join)
+        assert len(sink) == 350000 and proto.events == ['made', 'pause', 'resume', ('lost', None)]
+
+    run(loop, main())
+
+
+def test_unclosed_pipe_transports_warn_and_close(loop):
+    rfd, wfd = os.pipe()
+
+    async def main():
+        r = open(rfd, 'rb', 0)
+        w = open(wfd, 'wb', 0)
+        rtr, _ = await loop.connect_read_pipe(lambda: PipeRecorder(loop), r)
+        wtr, _ = await loop.connect_write_pipe(lambda: PipeRecorder(loop), w)
+        return r, w, rtr, wtr
+
+    r, w, rtr, wtr = run(loop, main())
+    loop.close()  # the loop no longer refers to them
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        del rtr, wtr
+        gc.collect()
+    unclosed = [str(c.message) for c in caught
+                if issubclass(c.category, ResourceWarning) and 'unclosed transport' in str(c.message)]
+    assert len(unclosed) == 2, [str(c.message) for c in caught]
+    assert r.closed and w.closed
+
+
+def test_pipe_cycles_leave_no_fd_open(loop):
+    async def one():
+        rfd, wfd = os.pipe()
+        rtr, rp = await loop.connect_read_pipe(lambda: PipeRecorder(loop), open(rfd, 'rb', 0))
+        wtr, wp = await loop.connect_write_pipe(lambda: PipeRecorder(loop), open(wfd, 'wb', 0))
+        wtr.write(b'ping')
+        wtr.close()
+        await wp.lost
+        await rp.lost
+        assert rp.data == b'ping'
+
+    async def main():
+        for _ in range(30):
+            await one()
+
+    before = open_fds()
+    run(loop, main())
+    assert open_fds() == before
