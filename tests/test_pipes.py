@@ -15,7 +15,7 @@ import warnings
 
 import pytest
 
-from conftest import Recorder, open_fds
+from conftest import Recorder, on_ferroloop, open_fds
 
 
 def run(loop, coro, timeout=20):
@@ -262,7 +262,7 @@ def test_write_pipe_reader_gone_with_data_pending(loop):
 
     async def main():
         tr, proto = await loop.connect_write_pipe(lambda: PipeRecorder(loop), open(wfd, 'wb', 0))
-        tr.write(b'x' * (1 << 20))  # more than the pipe holds
+        tr.write(b'x' * (4 << 20))  # more than the pipe holds (even grown)
         assert tr.get_write_buffer_size() > 0
         os.close(rfd)
         exc = await proto.lost
@@ -278,13 +278,13 @@ def test_write_pipe_abort_drops_buffer(loop):
 
     async def main():
         tr, proto = await loop.connect_write_pipe(lambda: PipeRecorder(loop), open(wfd, 'wb', 0))
-        tr.write(b'y' * (1 << 20))
+        tr.write(b'y' * (4 << 20))
         tr.abort()
         assert tr.is_closing() and tr.get_write_buffer_size() == 0
         assert await proto.lost is None
         with open(rfd, 'rb', 0) as r:
             got = r.read()  # what the kernel took before the abort
-        assert 0 < len(got) < 1 << 20
+        assert 0 < len(got) < 4 << 20
 
     run(loop, main())
 
@@ -328,16 +328,18 @@ def test_write_pipe_buffer_limits(loop):
             tr.set_write_buffer_limits(high=1, low=2)
         tr.set_write_buffer_limits(high=200000, low=100)
         assert tr.get_write_buffer_limits() == (100, 200000)
-        tr.write(b'a' * 150000)  # 64 KiB in the pipe, the rest buffered
+        tr.write(b'a' * 150000)  # the pipe takes some or all of it
+        assert tr.get_write_buffer_size() <= 200000
         assert 'pause' not in proto.events
-        tr.write(b'b' * 200000)
+        tr.write(b'b' * (3 << 20))  # over the high mark whatever the pipe took
+        assert tr.get_write_buffer_size() > 200000
         assert proto.events[-1] == 'pause'
         sink = bytearray()
         t = slow_reader(rfd, sink)
         tr.close()
         await proto.lost
         await loop.run_in_executor(None, t.join)
-        assert len(sink) == 350000 and proto.events == ['made', 'pause', 'resume', ('lost', None)]
+        assert len(sink) == 150000 + (3 << 20) and proto.events == ['made', 'pause', 'resume', ('lost', None)]
 
     run(loop, main())
 
@@ -382,3 +384,37 @@ def test_pipe_cycles_leave_no_fd_open(loop):
     before = open_fds()
     run(loop, main())
     assert open_fds() == before
+
+
+@pytest.mark.skipif(not on_ferroloop(), reason='ferroloop-only: pipes seen full grow to 1 MiB')
+def test_pipes_seen_full_grow(loop):
+    import fcntl
+    out_r, out_w = os.pipe()
+    in_r, in_w = os.pipe()
+    small_r, small_w = os.pipe()
+
+    def capacity(fd):
+        return fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
+
+    async def main():
+        default = capacity(small_w)
+        wtr, wp = await loop.connect_write_pipe(lambda: PipeRecorder(loop), open(out_w, 'wb', 0))
+        str_, sp = await loop.connect_write_pipe(lambda: PipeRecorder(loop), open(small_w, 'wb', 0))
+        str_.write(b'fits')
+        wtr.write(b'w' * (4 << 20))  # fills the pipe: it grows and takes 1 MiB
+        assert capacity(out_w) == 1 << 20
+        assert wtr.get_write_buffer_size() == (4 << 20) - (1 << 20)
+        assert capacity(small_w) == default  # never full: left alone
+        rtr, rp = await loop.connect_read_pipe(lambda: PipeRecorder(loop), open(in_r, 'rb', 0))
+        os.write(in_w, b'r' * default)  # a full pipe's worth
+        while len(rp.data) < default:
+            await asyncio.sleep(0.005)
+        assert capacity(in_r) == 1 << 20
+        wtr.abort()
+        str_.close()
+        rtr.close()
+        await asyncio.gather(wp.lost, sp.lost, rp.lost)
+        for fd in (out_r, in_w, small_r):
+            os.close(fd)
+
+    run(loop, main())

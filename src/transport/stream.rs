@@ -40,7 +40,10 @@ use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 
 use super::buffer::WriteBuffer;
-use super::sys::{os_error, read_bytes, read_raw, shutdown_write, write, write_vectored, BufferView, Io, RecvError, WriteCall};
+use super::sys::{
+    grow_pipe, os_error, read_bytes, read_raw, shutdown_write, write, write_vectored, BufferView, Io, RecvError,
+    WriteCall,
+};
 use crate::event_loop::LoopCore;
 use crate::gil_cell::GilCell;
 use crate::handles::{copy_current_context, is_fatal};
@@ -86,6 +89,14 @@ impl Kind {
         if self.is_pipe() { "Fatal write error on pipe transport" } else { "Fatal write error on socket transport" }
     }
 }
+/// Linux's default pipe buffer: a read this big found the pipe full.
+const DEFAULT_PIPE_CAPACITY: usize = 64 * 1024;
+/// What a pipe that fills up is grown to (pipe-max-size's default, the most
+/// an unprivileged process may ask for).  Each wake-up of the loop or of
+/// the process at the other end then moves 16 times more: 1 GiB through a
+/// pipe went from ~1.4 s to ~0.2 s on these machines.  Only pipes seen
+/// full grow, so idle pipes do not use up the user's pipe-buffer quota.
+const GROWN_PIPE_CAPACITY: usize = 1024 * 1024;
 /// asyncio's default write buffer limits (`_FlowControlMixin`).
 const DEFAULT_HIGH_WATER: usize = 64 * 1024;
 
@@ -126,6 +137,8 @@ struct StreamState {
     paused: bool,
     eof: bool,
     protocol_paused: bool,
+    /// A pipe's buffer was grown (or that was tried): see GROWN_PIPE_CAPACITY.
+    pipe_grown: bool,
     /// asyncio's `_conn_lost`: set once connection_lost is scheduled, then
     /// counts writes attempted after that.  (Write pipes: set by a failed
     /// write; `closing` alone also drops writes.)
@@ -153,6 +166,43 @@ impl StreamState {
     /// write() would only count the call, not send anything.
     fn writes_dropped(&self) -> bool {
         self.conn_lost > 0 || (self.kind == Kind::WritePipe && self.closing)
+    }
+
+    /// Grow a pipe seen full, once.  True if it grew.
+    fn grow_pipe_once(&mut self) -> bool {
+        if !self.kind.is_pipe() || self.pipe_grown {
+            return false;
+        }
+        self.pipe_grown = true;
+        grow_pipe(self.fd, GROWN_PIPE_CAPACITY)
+    }
+
+    /// Write out as much of the buffer as the fd takes.  Some(errno) if a
+    /// write failed (the buffer is then dropped).
+    fn flush(&mut self) -> Option<i32> {
+        let how = self.kind.write_call();
+        while !self.buffer.is_empty() {
+            let want = self.buffer.len();
+            match write(self.fd, self.buffer.as_slice(), how) {
+                Io::Done(n) => {
+                    self.buffer.consume(n);
+                    // A short write: the kernel's buffer is full.
+                    if n < want && !self.grow_pipe_once() {
+                        break;
+                    }
+                }
+                Io::WouldBlock if self.grow_pipe_once() => {}
+                Io::WouldBlock => break,
+                Io::Failed(errno) => {
+                    self.buffer.clear();
+                    if self.kind.is_pipe() {
+                        self.conn_lost += 1;
+                    }
+                    return Some(errno);
+                }
+            }
+        }
+        None
     }
 
     fn high_low(&self) -> (f64, f64) {
@@ -317,6 +367,9 @@ impl StreamTransport {
         };
         let more = data.as_bytes().len() == READ_CHUNK;
         if kind.is_pipe() {
+            if data.as_bytes().len() >= DEFAULT_PIPE_CAPACITY {
+                slf.get().st.borrow_mut(py)?.grow_pipe_once();
+            }
             return Self::pipe_data_received(slf, protocol, data, more);
         }
         let called = Self::call_protocol(
@@ -408,29 +461,7 @@ impl StreamTransport {
             if !st.writes_pending() {
                 return Ok(());
             }
-            let how = st.kind.write_call();
-            let mut failed = None;
-            while !st.buffer.is_empty() {
-                let want = st.buffer.len();
-                match write(st.fd, st.buffer.as_slice(), how) {
-                    Io::Done(n) => {
-                        st.buffer.consume(n);
-                        if n < want {
-                            break; // the socket's buffer is full
-                        }
-                    }
-                    Io::WouldBlock => break,
-                    Io::Failed(errno) => {
-                        st.buffer.clear();
-                        if st.kind.is_pipe() {
-                            st.conn_lost += 1;
-                        }
-                        failed = Some(errno);
-                        break;
-                    }
-                }
-            }
-            (failed, st.kind)
+            (st.flush(), st.kind)
         };
         if let Some(errno) = failed {
             let err = os_error(py, errno);
@@ -725,6 +756,10 @@ impl StreamTransport {
                         st.buffer.extend(&part[sent..]);
                         sent = 0;
                     }
+                }
+                // A pipe found full grows, and takes more at once.
+                if !st.buffer.is_empty() && st.kind == Kind::WritePipe && !st.pipe_grown {
+                    failed = st.flush();
                 }
             }
             (failed, st.kind)

@@ -102,6 +102,15 @@ pub fn write_vectored(fd: RawFd, parts: &[&[u8]], how: WriteCall) -> Io {
     }
 }
 
+/// Ask for a pipe buffer of `size` bytes (`F_SETPIPE_SZ`); false if the
+/// kernel refused (not a pipe, above /proc/sys/fs/pipe-max-size, or the
+/// user's pipe-buffer quota is used up).
+pub fn grow_pipe(fd: RawFd, size: usize) -> bool {
+    let size = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
+    // SAFETY: fcntl with an int argument; a bad fd is an errno.
+    unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, size) >= 0 }
+}
+
 /// `shutdown(fd, SHUT_WR)`.
 pub fn shutdown_write(py: Python<'_>, fd: RawFd) -> PyResult<()> {
     // SAFETY: shutdown has no memory arguments; a bad fd is an errno.
