@@ -356,6 +356,9 @@ def test_unclosed_pipe_transports_warn_and_close(loop):
 
     r, w, rtr, wtr = run(loop, main())
     loop.close()  # the loop no longer refers to them
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        gc.collect()  # what earlier tests left behind
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         del rtr, wtr
