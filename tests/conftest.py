@@ -6,6 +6,7 @@ asyncio's real behaviour rather than ferroloop's.
 """
 import asyncio
 import os
+import socket
 
 import pytest
 
@@ -103,6 +104,17 @@ class Recorder(asyncio.Protocol):
     def connection_lost(self, exc):
         self.events.append(('lost', type(exc).__name__ if exc else None))
         self.lost.set_result(exc)
+
+
+@pytest.fixture
+def sockpair():
+    """Two connected non-blocking Unix stream sockets."""
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    yield a, b
+    a.close()
+    b.close()
 
 
 @pytest.fixture

@@ -12,19 +12,6 @@ import pytest
 from conftest import new_loop, run_until_stopped
 
 
-
-
-
-@pytest.fixture
-def sockpair():
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    yield a, b
-    a.close()
-    b.close()
-
-
 @pytest.fixture
 def pipe():
     r, w = os.pipe()

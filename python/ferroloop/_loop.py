@@ -36,6 +36,10 @@ from ._transports import (DatagramTransport, ReadPipeTransport, SocketTransport,
 
 __all__ = ('Loop',)
 
+# asyncio.iscoroutine() (create_task, ensure_future) accepts the native
+# sock_* coroutines.
+collections.abc.Coroutine.register(_ferroloop.SockOp)
+
 
 def _noop_signal_handler(signum, frame):
     """Installed for signals with an asyncio handler: the C-level handler
@@ -254,6 +258,24 @@ class Loop(_ferroloop.LoopCore, unix_events.SelectorEventLoop):
             await transp._wait()
             raise
         return transp
+
+    # -- sock_* methods ---------------------------------------------------
+
+    # Native coroutines (src/transport/sock_ops.rs), awaited and wrapped in
+    # tasks like the `async def` methods of asyncio they replace; checks
+    # and errors happen when they start, as asyncio's do.
+
+    def sock_recv(self, sock, n):
+        """Receive up to n bytes from the non-blocking socket sock."""
+        return _ferroloop.SockOp.recv(self, sock, n)
+
+    def sock_recv_into(self, sock, buf):
+        """Receive data from sock into buf; return the number of bytes."""
+        return _ferroloop.SockOp.recv_into(self, sock, buf)
+
+    def sock_sendall(self, sock, data):
+        """Send all of data to the non-blocking socket sock."""
+        return _ferroloop.SockOp.sendall(self, sock, data)
 
     async def _sendfile_native(self, transp, file, offset, count):
         if not isinstance(transp, SocketTransport):
