@@ -8,9 +8,9 @@
 //! tries the system call; if that would block it creates a future, watches
 //! the fd (`_add_reader`/`_add_writer`, whose callback retries the call and
 //! completes the future) and yields the future.  When the task resumes it,
-//! the step returns the future's result.  Cancelling the task cancels the
-//! future, whose done callback stops watching the fd -- the socket stays
-//! usable, as in asyncio.
+//! the step returns the future's result.  The fd stops being watched when
+//! the call completes, or when the task throws its cancellation in -- the
+//! socket stays usable, as in asyncio.
 
 use std::os::fd::RawFd;
 
@@ -219,7 +219,6 @@ impl SockOp {
             st.handle = Some(handle.unbind());
             st.phase = Phase::Waiting;
         }
-        fut.call_method1(intern!(py, "add_done_callback"), (slf.getattr(intern!(py, "_done"))?,))?;
         fut.setattr(intern!(py, "_asyncio_future_blocking"), true)?;
         Ok(fut.unbind())
     }
@@ -250,6 +249,9 @@ impl SockOp {
         match (phase, fut) {
             (Phase::Start, _) => Self::start(slf).inspect_err(|_| this.release(py)),
             (Phase::Waiting, Some(fut)) => {
+                // Normally done by _io_ready already; not if the future was
+                // completed or cancelled from outside.
+                this.unwatch(py)?;
                 let outcome = fut.bind(py).call_method0(intern!(py, "result"));
                 match outcome {
                     Ok(value) => Err(this.finish(py, value.unbind())),
@@ -263,14 +265,34 @@ impl SockOp {
         }
     }
 
-    /// Stop waiting: cancel the future (its done callback stops watching).
+    /// Stop waiting: stop watching the fd and cancel the future.
     fn abandon(&self, py: Python<'_>) -> PyResult<()> {
         let fut = self.st.borrow_mut(py)?.fut.as_ref().map(|f| f.clone_ref(py));
+        let unwatched = self.unwatch(py);
         if let Some(fut) = fut {
             fut.bind(py).call_method0(intern!(py, "cancel"))?;
         }
         self.release(py);
-        Ok(())
+        unwatched
+    }
+
+    /// Remove the reader/writer this op added, unless it was replaced
+    /// meanwhile (asyncio's `_sock_read_done`, run here when the op
+    /// completes or is abandoned rather than as the future's done callback,
+    /// which saves a callback per wait).
+    fn unwatch(&self, py: Python<'_>) -> PyResult<()> {
+        let (loop_, handle, fd, write) = {
+            let mut st = self.st.borrow_mut(py)?;
+            (st.loop_.as_ref().map(|l| l.clone_ref(py)), st.handle.take(), st.fd, st.op.wants_write())
+        };
+        let (Some(loop_), Some(handle)) = (loop_, handle) else {
+            return Ok(());
+        };
+        if handle.bind(py).call_method0(intern!(py, "cancelled"))?.is_truthy()? {
+            return Ok(());
+        }
+        let unwatch = if write { intern!(py, "_remove_writer") } else { intern!(py, "_remove_reader") };
+        loop_.bind(py).call_method1(unwatch, (fd,)).map(drop)
     }
 }
 
@@ -349,36 +371,19 @@ impl SockOp {
             None => return Ok(()),
         };
         if fut.call_method0(intern!(py, "done"))?.is_truthy()? {
-            return Ok(());
+            return self.unwatch(py);
         }
-        match self.attempt(py) {
+        let outcome = match self.attempt(py) {
+            Ok(Attempt::WouldBlock) => return Ok(()),
+            Err(err) if crate::handles::is_fatal(py, &err) => return Err(err),
+            other => other,
+        };
+        self.unwatch(py)?;
+        match outcome {
             Ok(Attempt::Done(value)) => fut.call_method1(intern!(py, "set_result"), (value,)).map(drop),
             Ok(Attempt::WouldBlock) => Ok(()),
-            Err(err) if crate::handles::is_fatal(py, &err) => Err(err),
             Err(err) => fut.call_method1(intern!(py, "set_exception"), (err.into_value(py),)).map(drop),
         }
-    }
-
-    /// The future is done (result, error or cancelled): stop watching the
-    /// fd, unless the watch was replaced meanwhile.
-    fn _done(&self, py: Python<'_>, _fut: &Bound<'_, PyAny>) -> PyResult<()> {
-        let (loop_, handle, fd, write) = {
-            let st = self.st.borrow_mut(py)?;
-            (
-                st.loop_.as_ref().map(|l| l.clone_ref(py)),
-                st.handle.as_ref().map(|h| h.clone_ref(py)),
-                st.fd,
-                st.op.wants_write(),
-            )
-        };
-        let (Some(loop_), Some(handle)) = (loop_, handle) else {
-            return Ok(());
-        };
-        if handle.bind(py).call_method0(intern!(py, "cancelled"))?.is_truthy()? {
-            return Ok(());
-        }
-        let unwatch = if write { intern!(py, "_remove_writer") } else { intern!(py, "_remove_reader") };
-        loop_.bind(py).call_method1(unwatch, (fd,)).map(drop)
     }
 
     #[getter]
