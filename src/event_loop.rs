@@ -88,8 +88,9 @@ struct State {
     timers: TimerHeap<Py<TimerHandle>>,
     readers: HashMap<RawFd, Py<Handle>>,
     writers: HashMap<RawFd, Py<Handle>>,
-    /// Native transports by fd (registered edge-triggered with the poller).
-    transports: HashMap<RawFd, Py<StreamTransport>>,
+    /// Native transports by fd (registered edge-triggered with the poller):
+    /// one, or a read pipe and a write pipe sharing the fd (a pty master).
+    transports: HashMap<RawFd, SmallVec<[Py<StreamTransport>; 1]>>,
     /// Transports owed a read attempt at the next I/O dispatch: reading
     /// started or resumed (an edge may have passed meanwhile), or a read cut
     /// short to let other callbacks run.
@@ -443,7 +444,7 @@ impl LoopCore {
                         }
                     }
                     Ready::Edge { fd, readable, writable, closed } => {
-                        if let Some(t) = st.transports.get(&fd) {
+                        for t in st.transports.get(&fd).into_iter().flatten() {
                             // Only what asyncio's selector would report now:
                             // reads if a reader is registered, writes if
                             // data waits (else nothing to run at all).
@@ -654,12 +655,35 @@ impl LoopCore {
         let py = slf.py();
         let this = slf.get();
         this.check_closed()?;
+        // A read pipe and a write pipe may share an fd; anything else on it
+        // is left over from a closed fd whose number was reused.
+        let join = {
+            let st = this.state.borrow_mut(py)?;
+            st.transports
+                .get(&fd)
+                .is_some_and(|list| list.iter().all(|t| t.get().may_share_fd_with(py, transport.get())))
+        };
+        if join {
+            if let Some(list) = this.state.borrow_mut(py)?.transports.get_mut(&fd) {
+                list.push(transport);
+            }
+            return Ok(());
+        }
         match this.poller.borrow_mut(py)?.as_mut() {
             Some(p) => p.register_edge(fd)?,
             None => return Err(closed_error()),
         }
-        let old = this.state.borrow_mut(py)?.transports.insert(fd, transport);
+        // The transport owns the fd now: stale readers/writers on it (a
+        // sock_* call on a socket closed since) must not unregister it later.
+        let (old, reader, writer) = {
+            let mut st = this.state.borrow_mut(py)?;
+            let old = st.transports.insert(fd, smallvec::smallvec![transport]);
+            (old, st.readers.remove(&fd), st.writers.remove(&fd))
+        };
         drop(old);
+        for handle in [reader, writer].into_iter().flatten() {
+            handle.bind(py).call_method0("cancel")?;
+        }
         Ok(())
     }
 
@@ -668,15 +692,25 @@ impl LoopCore {
     pub fn unwatch_transport(slf: &Bound<'_, Self>, fd: RawFd, owner: *mut pyo3::ffi::PyObject) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let removed = {
+        let (removed, last) = {
             let mut st = this.state.borrow_mut(py)?;
-            match st.transports.get(&fd) {
-                Some(t) if t.as_ptr() == owner => st.transports.remove(&fd),
-                _ => return Ok(()),
+            let Some(list) = st.transports.get_mut(&fd) else {
+                return Ok(());
+            };
+            let Some(i) = list.iter().position(|t| t.as_ptr() == owner) else {
+                return Ok(());
+            };
+            let removed = list.remove(i);
+            let last = list.is_empty();
+            if last {
+                st.transports.remove(&fd);
             }
+            (removed, last)
         };
-        if let Some(p) = this.poller.borrow_mut(py)?.as_mut() {
-            p.deregister_edge(fd)?;
+        if last {
+            if let Some(p) = this.poller.borrow_mut(py)?.as_mut() {
+                p.deregister_edge(fd)?;
+            }
         }
         drop(removed);
         Ok(())

@@ -51,6 +51,17 @@ def slow_reader(fd, sink, delay_every=1 << 20):
     return t
 
 
+async def close_and_collect(loop, tr, proto, rfd):
+    """Close write pipe `tr` while a thread reads `rfd` to EOF; return what
+    the thread read once connection_lost has run."""
+    sink = bytearray()
+    t = slow_reader(rfd, sink)
+    tr.close()
+    await proto.lost
+    await loop.run_in_executor(None, t.join)
+    return sink
+
+
 # -- read pipes --------------------------------------------------------------
 
 def test_read_pipe_delivers_everything_then_eof_then_lost(loop):
@@ -334,11 +345,7 @@ def test_write_pipe_buffer_limits(loop):
         tr.write(b'b' * (3 << 20))  # over the high mark whatever the pipe took
         assert tr.get_write_buffer_size() > 200000
         assert proto.events[-1] == 'pause'
-        sink = bytearray()
-        t = slow_reader(rfd, sink)
-        tr.close()
-        await proto.lost
-        await loop.run_in_executor(None, t.join)
+        sink = await close_and_collect(loop, tr, proto, rfd)
         assert len(sink) == 150000 + (3 << 20) and proto.events == ['made', 'pause', 'resume', ('lost', None)]
 
     run(loop, main())
@@ -421,3 +428,80 @@ def test_pipes_seen_full_grow(loop):
             os.close(fd)
 
     run(loop, main())
+
+
+def test_pty_master_as_read_and_write_pipe(loop):
+    # One fd, two transports (as terminal emulators and expect-like tools
+    # use a pty master): both keep working, closing one leaves the other.
+    master, slave = os.openpty()
+    import tty
+    tty.setraw(slave)
+
+    async def main():
+        rtr, rp = await loop.connect_read_pipe(lambda: PipeRecorder(loop), open(master, 'rb', 0))
+        wtr, wp = await loop.connect_write_pipe(lambda: PipeRecorder(loop), open(os.dup(master), 'wb', 0))
+        os.write(slave, b'from the slave')
+        while rp.data != b'from the slave':
+            await asyncio.sleep(0.005)
+        wtr.write(b'to the slave')
+        await asyncio.sleep(0.02)
+        assert os.read(slave, 100) == b'to the slave'
+        wtr.close()
+        await wp.lost
+        os.write(slave, b'!')
+        while rp.data != b'from the slave!':
+            await asyncio.sleep(0.005)
+        rtr.close()
+        await rp.lost
+
+    run(loop, main())
+    os.close(slave)
+
+
+def test_write_pipe_resumes_only_when_drained(loop):
+    rfd, wfd = os.pipe()
+    sizes_at_resume = []
+
+    class Watch(Recorder):
+        def resume_writing(self):
+            sizes_at_resume.append(self.transport.get_write_buffer_size())
+            super().resume_writing()
+
+    async def main():
+        tr, proto = await loop.connect_write_pipe(lambda: Watch(loop, eof_keep_open=True),
+                                                  open(wfd, 'wb', 0))
+        tr.write(b'q' * (8 << 20))
+        assert proto.events[-1] == 'pause'
+        sink = await close_and_collect(loop, tr, proto, rfd)
+        assert len(sink) == 8 << 20
+
+    run(loop, main())
+    assert sizes_at_resume == [0]
+
+
+def test_write_to_a_pipe_whose_reader_is_gone(loop, caplog):
+    rfd, wfd = os.pipe()
+
+    async def main():
+        tr, proto = await loop.connect_write_pipe(lambda: PipeRecorder(loop), open(wfd, 'wb', 0))
+        os.close(rfd)
+        tr.write(b'nobody reads')  # EPIPE at once
+        for _ in range(6):
+            tr.write(b'more')  # counted, then logged
+        exc = await proto.lost
+        assert isinstance(exc, BrokenPipeError)
+
+    with caplog.at_level('WARNING', logger='asyncio'):
+        run(loop, main())
+    assert 'pipe closed by peer or os.write(pipe, data) raised exception.' in caplog.text
+
+
+@pytest.mark.skipif(not on_ferroloop(), reason='ferroloop-only: asyncio reports this from a callback')
+def test_read_pipe_on_an_unpollable_device_fails_cleanly(loop):
+    with open(os.devnull, 'rb', 0) as f:
+        with warnings.catch_warnings():
+            warnings.simplefilter('error')  # no "unclosed transport"
+            with pytest.raises(PermissionError):
+                run(loop, loop.connect_read_pipe(lambda: PipeRecorder(loop), f))
+            gc.collect()
+        assert not f.closed  # the caller's file is still the caller's

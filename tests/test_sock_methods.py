@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from conftest import open_fds
+from conftest import on_ferroloop, open_fds
 
 
 def run(loop, coro, timeout=20):
@@ -204,3 +204,53 @@ def test_reset_by_peer(loop):
     before = open_fds()
     run(loop, main())
     assert open_fds() == before
+
+
+def test_blocking_socket_and_subclass_use_the_socket_methods(loop, sockpair):
+    a, b = sockpair
+    calls = []
+
+    class Traced(socket.socket):
+        def recv(self, n):
+            calls.append(n)
+            return super().recv(n)
+
+    async def main():
+        b.setblocking(True)
+        a.send(b'ping')
+        assert await loop.sock_recv(b, 10) == b'ping'  # data there: no wait
+        s1, s2 = socket.socketpair()
+        traced = Traced(fileno=s1.detach())
+        traced.setblocking(False)
+        s2.send(b'pong')
+        assert await loop.sock_recv(traced, 7) == b'pong'
+        assert calls == [7]
+        traced.close()
+        s2.close()
+        with pytest.raises(OSError):
+            await loop.sock_sendall(traced, b'')  # closed socket: EBADF
+
+    run(loop, main())
+
+
+@pytest.mark.skipif(not on_ferroloop(),
+                    reason="asyncio's stale reader, removed on cancel, takes the reused fd's transport with it")
+def test_cancelled_waiter_does_not_disturb_a_transport_on_the_reused_fd(loop):
+    async def main():
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        waiter = loop.create_task(loop.sock_recv(a, 10))
+        await asyncio.sleep(0.01)
+        a.close()  # closed while a sock_recv waits on it (fd may be reused)
+        c, d = socket.socketpair()
+        reader, writer = await asyncio.open_connection(sock=c)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        d.sendall(b'still works\n')
+        assert await asyncio.wait_for(reader.readline(), 5) == b'still works\n'
+        writer.close()
+        b.close()
+        d.close()
+
+    run(loop, main())

@@ -11,7 +11,6 @@ still running when the loop closes are handed to reaper threads.
 The child watchers of asyncio's policy (deprecated in 3.12, gone in 3.14)
 are not consulted; see the README's differences from asyncio.
 """
-import errno
 import os
 import threading
 
@@ -77,9 +76,10 @@ class ChildReaper:
         if self.use_pidfd:
             try:
                 pidfd = os.pidfd_open(pid)
-            except OSError as exc:
-                if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOSYS):
-                    raise
+            except OSError:
+                # Out of fds, no pidfds after all, or the child was already
+                # reaped by someone else: the thread reports what it can.
+                pass
             else:
                 self._pidfds[pid] = pidfd
                 self._loop._add_reader(pidfd, self._exited, pid, pidfd, callback)
@@ -90,8 +90,12 @@ class ChildReaper:
         self._loop._remove_reader(pidfd)
         os.close(pidfd)
         del self._pidfds[pid]
-        callback(_collect(pid, "child process pid %d exit status already read: "
-                               " will report returncode 255"))
+        returncode = _collect(pid, "child process pid %d exit status already read: "
+                                   " will report returncode 255")
+        # Delivered one iteration later, as asyncio's watchers deliver it
+        # (call_soon_threadsafe), which keeps process_exited's place among
+        # the pipes' callbacks.
+        self._loop.call_soon(callback, returncode)
 
     def close(self):
         """The loop is closing: stop watching; children still running are

@@ -63,14 +63,42 @@ struct OpState {
     op: Op,
     phase: Phase,
     fd: RawFd,
+    /// Call the socket's own recv/recv_into/send (see `check`).
+    via_methods: bool,
     fut: Option<Py<PyAny>>,
     handle: Option<Py<PyAny>>,
+}
+
+/// One attempt's arguments, taken out of the state.
+enum Args {
+    Recv(usize),
+    Into(Py<PyAny>),
+    Send(Py<PyAny>, usize),
+}
+
+/// The socket method and argument for `Args` (sendall: the unsent rest).
+fn args_to_call(py: Python<'_>, args: Args) -> PyResult<(&'static str, Py<PyAny>, Option<usize>)> {
+    Ok(match args {
+        Args::Recv(n) => ("recv", n.into_pyobject(py)?.into_any().unbind(), None),
+        Args::Into(buf) => ("recv_into", buf, None),
+        Args::Send(data, sent) => {
+            let view = PyMemoryView::from(data.bind(py))?;
+            let rest = view.get_item(pyo3::types::PySlice::new(py, sent as isize, isize::MAX, 1))?;
+            let len = rest.len()?;
+            ("send", rest.unbind(), Some(len))
+        }
+    })
 }
 
 /// What one attempt at the system call came to.
 enum Attempt {
     Done(Py<PyAny>),
     WouldBlock,
+}
+
+fn socket_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    static TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    TYPE.import(py, "socket", "socket")
 }
 
 fn ssl_socket_type(py: Python<'_>) -> Option<&Bound<'_, PyType>> {
@@ -96,6 +124,7 @@ impl SockOp {
                 op,
                 phase: Phase::Start,
                 fd: -1,
+                via_methods: true,
                 fut: None,
                 handle: None,
             }),
@@ -105,20 +134,19 @@ impl SockOp {
     /// The system call once, straight on the fd.  (No borrow is held while
     /// Python runs: getting a buffer may call back into Python.)
     fn attempt(&self, py: Python<'_>) -> PyResult<Attempt> {
-        enum Args {
-            Recv(usize),
-            Into(Py<PyAny>),
-            Send(Py<PyAny>, usize),
-        }
-        let (fd, args) = {
+        let (fd, args, sock) = {
             let st = self.st.borrow_mut(py)?;
             let args = match &st.op {
                 Op::Recv { n } => Args::Recv(*n),
                 Op::RecvInto { buf } => Args::Into(buf.clone_ref(py)),
                 Op::SendAll { data, sent } => Args::Send(data.clone_ref(py), *sent),
             };
-            (st.fd, args)
+            let sock = if st.via_methods { st.sock.as_ref().map(|s| s.clone_ref(py)) } else { None };
+            (st.fd, args, sock)
         };
+        if let Some(sock) = sock {
+            return self.attempt_via_methods(sock.bind(py), args_to_call(py, args)?);
+        }
         match args {
             Args::Recv(n) => match read_bytes(py, fd, n) {
                 Ok(Some(data)) => Ok(Attempt::Done(data.into_any().unbind())),
@@ -138,10 +166,9 @@ impl SockOp {
             }
             Args::Send(data, sent) => {
                 let view = BufferView::get(data.bind(py), false)?;
+                // Even nothing is sent (asyncio's sock.send(b'') reports a
+                // closed or unconnected socket).
                 let rest = view.as_slice().get(sent..).unwrap_or(&[]);
-                if rest.is_empty() {
-                    return Ok(Attempt::Done(py.None()));
-                }
                 let n = match write(fd, rest, WriteCall::Send) {
                     Io::Done(n) if n == rest.len() => return Ok(Attempt::Done(py.None())),
                     Io::Done(n) => n,
@@ -155,6 +182,36 @@ impl SockOp {
                 Ok(Attempt::WouldBlock)
             }
         }
+    }
+
+    /// The attempt through the socket's Python methods.
+    fn attempt_via_methods(
+        &self,
+        sock: &Bound<'_, PyAny>,
+        (method, arg, send_len): (&'static str, Py<PyAny>, Option<usize>),
+    ) -> PyResult<Attempt> {
+        let py = sock.py();
+        let result = match sock.call_method1(method, (arg,)) {
+            Ok(r) => r,
+            Err(e)
+                if e.is_instance_of::<pyo3::exceptions::PyBlockingIOError>(py)
+                    || e.is_instance_of::<pyo3::exceptions::PyInterruptedError>(py) =>
+            {
+                return Ok(Attempt::WouldBlock)
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(len) = send_len else {
+            return Ok(Attempt::Done(result.unbind()));
+        };
+        let n: usize = result.extract()?;
+        if n >= len {
+            return Ok(Attempt::Done(py.None()));
+        }
+        if let Op::SendAll { sent, .. } = &mut self.st.borrow_mut(py)?.op {
+            *sent += n;
+        }
+        Ok(Attempt::WouldBlock)
     }
 
     /// asyncio's checks, made when the coroutine starts (not when it is
@@ -176,14 +233,19 @@ impl SockOp {
             Ok(core) => core.get().is_debug(),
             Err(_) => loop_.call_method0(intern!(py, "get_debug"))?.is_truthy()?,
         };
-        if debug {
-            let timeout = sock.call_method0(intern!(py, "gettimeout"))?;
-            if !timeout.eq(0)? {
-                return Err(PyValueError::new_err("the socket must be non-blocking"));
-            }
+        let non_blocking = sock.call_method0(intern!(py, "gettimeout"))?.eq(0)?;
+        if debug && !non_blocking {
+            return Err(PyValueError::new_err("the socket must be non-blocking"));
         }
         let fd: RawFd = sock.call_method0(intern!(py, "fileno"))?.extract()?;
-        self.st.borrow_mut(py)?.fd = fd;
+        // The system calls straight on the fd only for a plain non-blocking
+        // socket.  A blocking one (asyncio blocks in it, with the GIL
+        // released) or a subclass (which may override recv/send) gets the
+        // socket's own methods, as asyncio calls them.
+        let plain = sock.get_type().is(socket_type(py)?);
+        let mut st = self.st.borrow_mut(py)?;
+        st.fd = fd;
+        st.via_methods = !(plain && non_blocking && fd >= 0);
         Ok(())
     }
 
@@ -204,9 +266,16 @@ impl SockOp {
             return Err(PyRuntimeError::new_err("cannot reuse already awaited coroutine"));
         };
         let loop_ = loop_.into_bound(py);
-        if let Op::SendAll { data, .. } = &mut this.st.borrow_mut(py)?.op {
+        let unpinned = match &this.st.borrow_mut(py)?.op {
+            Op::SendAll { data, .. } => Some(data.clone_ref(py)),
+            _ => None,
+        };
+        if let Some(data) = unpinned {
             // Pin the data (a bytearray cannot be resized while queued).
-            *data = PyMemoryView::from(data.bind(py))?.into_any().unbind();
+            let view = PyMemoryView::from(data.bind(py))?.into_any().unbind();
+            if let Op::SendAll { data, .. } = &mut this.st.borrow_mut(py)?.op {
+                *data = view;
+            }
         }
         let fut = loop_.call_method0(intern!(py, "create_future"))?;
         loop_.call_method1(intern!(py, "_ensure_fd_no_transport"), (fd,))?;

@@ -153,7 +153,8 @@ impl StreamState {
 
     /// asyncio would have a reader registered and reads are still wanted.
     fn reads_pending(&self) -> bool {
-        self.reader_on && self.conn_lost == 0
+        // (A write pipe's conn_lost also counts writes dropped after close.)
+        self.reader_on && (self.conn_lost == 0 || self.kind == Kind::WritePipe)
     }
 
     /// asyncio would have a writer registered: data waits to be sent.  (A
@@ -258,6 +259,16 @@ impl StreamTransport {
     /// The context read callbacks run in.
     pub fn context(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
         Ok(self.st.borrow_mut(py)?.context.as_ref().map(|c| c.clone_ref(py)))
+    }
+
+    /// A read pipe and a write pipe may share one fd (a pty master opened
+    /// both ways); nothing else may.
+    pub fn may_share_fd_with(&self, py: Python<'_>, other: &StreamTransport) -> bool {
+        let (Ok(a), Ok(b)) = (self.st.borrow_mut(py), other.st.borrow_mut(py)) else {
+            return false;
+        };
+        matches!((a.kind, b.kind), (Kind::ReadPipe, Kind::WritePipe) | (Kind::WritePipe, Kind::ReadPipe))
+            && a.sock.is_some()
     }
 
     /// What asyncio's selector would be watching now: (a reader is
@@ -473,7 +484,12 @@ impl StreamTransport {
             }
             return Ok(());
         }
-        Self::maybe_resume_protocol(slf)?;
+        // asyncio's write pipe resumes the protocol only once its buffer is
+        // empty; the socket transport at the low-water mark.
+        let empty = slf.get().st.borrow_mut(py)?.buffer.is_empty();
+        if kind != Kind::WritePipe || empty {
+            Self::maybe_resume_protocol(slf)?;
+        }
         let (drained, waiter, closing, eof, fd) = {
             let st = slf.get().st.borrow_mut(py)?;
             (

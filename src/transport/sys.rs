@@ -102,11 +102,17 @@ pub fn write_vectored(fd: RawFd, parts: &[&[u8]], how: WriteCall) -> Io {
     }
 }
 
-/// Ask for a pipe buffer of `size` bytes (`F_SETPIPE_SZ`); false if the
-/// kernel refused (not a pipe, above /proc/sys/fs/pipe-max-size, or the
-/// user's pipe-buffer quota is used up).
+/// Grow a pipe's buffer to `size` bytes (`F_SETPIPE_SZ`) unless it is that
+/// big already (never shrink it); false if it did not grow (not a pipe,
+/// big enough, above /proc/sys/fs/pipe-max-size, or the user's pipe-buffer
+/// quota is used up).
 pub fn grow_pipe(fd: RawFd, size: usize) -> bool {
     let size = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
+    // SAFETY: fcntl without argument; a bad fd or a non-pipe is an errno.
+    let current = unsafe { libc::fcntl(fd, libc::F_GETPIPE_SZ) };
+    if current < 0 || current >= size {
+        return false;
+    }
     // SAFETY: fcntl with an int argument; a bad fd is an errno.
     unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, size) >= 0 }
 }

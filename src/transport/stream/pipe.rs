@@ -46,7 +46,13 @@ impl StreamTransport {
                 slf.get().st.borrow_mut(py)?.reader_on = false;
                 Ok(())
             }
-            other => other,
+            Err(err) => {
+                // Not ours after all: neither warn about nor close the pipe.
+                let old = slf.get().st.borrow_mut(py)?.sock.take();
+                drop(old);
+                Err(err)
+            }
+            Ok(()) => Ok(()),
         }
     }
 
@@ -72,18 +78,17 @@ impl StreamTransport {
     /// End of file on a read pipe.
     pub(super) fn pipe_eof(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
-        let loop_ = {
-            let mut st = slf.get().st.borrow_mut(py)?;
-            st.closing = true;
-            st.reader_on = false;
-            st.loop_.as_ref().map(|l| l.clone_ref(py))
-        };
-        let Some(loop_) = loop_ else {
+        let Some(loop_) = slf.get().loop_of(py)? else {
             return Ok(());
         };
         let loop_ = loop_.bind(py);
         if loop_.get().is_debug() {
             call_hook(py, "transport_info", (slf, "%r was closed by peer"))?;
+        }
+        {
+            let mut st = slf.get().st.borrow_mut(py)?;
+            st.closing = true;
+            st.reader_on = false;
         }
         let eof_received = protocol.getattr(intern!(py, "eof_received"))?;
         loop_.call_method1(intern!(py, "call_soon"), (eof_received,))?;
