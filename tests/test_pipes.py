@@ -308,7 +308,10 @@ def test_write_pipe_write_eof_and_bad_input(loop):
         with pytest.raises(AssertionError):
             tr.write('text is not bytes')
         tr.write(b'')
-        tr.write(b'last words')
+        import array
+        tr.writelines([b'last ', array.array('b', b'wo'), memoryview(b'rds')])
+        with pytest.raises(TypeError):
+            tr.writelines(['text'])
         tr.write_eof()
         assert tr.is_closing()
         assert await proto.lost is None

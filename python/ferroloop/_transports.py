@@ -251,6 +251,11 @@ class WritePipeTransport(_PipeTransport):
     _writable = True
     _not_a_pipe = "Pipe transport is only for pipes, sockets and character devices"
 
+    def writelines(self, list_of_data):
+        """Write a list (or any iterable) of bytes-like objects, joined
+        first as asyncio's WriteTransport does (so any buffer goes)."""
+        self.write(b''.join(list_of_data))
+
     # asyncio's write pipe inherits these from Transport, unimplemented.
     def is_reading(self):
         raise NotImplementedError
