@@ -1,6 +1,11 @@
 """Helpers shared by the benchmark scripts (imported from the scripts'
 own directory, which Python puts first on sys.path)."""
+import asyncio
+import importlib
+import os
+import platform
 import signal
+import sys
 
 
 def describe_exit(rc: int) -> str:
@@ -11,3 +16,23 @@ def describe_exit(rc: int) -> str:
         except ValueError:
             return f"killed by signal {-rc}"
     return f"exit status {rc}"
+
+
+def make_loop(name):
+    """A new event loop of the named kind ("asyncio", "uvloop", "rloop",
+    "ferroloop")."""
+    if name == "asyncio":
+        # What asyncio.new_event_loop() gives on Linux, taken directly so an
+        # installed policy cannot swap it.
+        return asyncio.SelectorEventLoop()
+    return importlib.import_module(name).new_event_loop()
+
+
+def machine():
+    """The interpreter and machine a report was measured on."""
+    return {
+        "python": sys.version.split()[0],
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+    }

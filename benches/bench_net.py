@@ -43,7 +43,6 @@ import asyncio
 import importlib
 import json
 import os
-import platform
 import re
 import selectors
 import shutil
@@ -55,7 +54,7 @@ import sys
 import tempfile
 import time
 
-from _common import describe_exit
+from _common import describe_exit, machine, make_loop
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_LOADGEN = os.path.join(HERE, "loadgen", "target", "release", "ferroloop-loadgen")
@@ -214,14 +213,6 @@ async def start_python_server(loop, scenario, port, path):
     if scenario == "http":
         return await loop.create_server(HttpProtocol, host, port)
     raise ValueError(f"no Python server for scenario {scenario!r}")
-
-
-def make_loop(name):
-    if name == "asyncio":
-        # What asyncio.new_event_loop() gives on Linux, taken directly so an
-        # installed policy cannot swap it.
-        return asyncio.SelectorEventLoop()
-    return importlib.import_module(name).new_event_loop()
 
 
 _SERVING = []  # the server objects, kept alive while the loop runs
@@ -769,10 +760,7 @@ def main(argv=None) -> int:
             log(f"{scenario}: {SCENARIOS[scenario][1]}")
             results[scenario] = run_scenario(scenario, loops, args, tmpdir, log)
     report = {
-        "python": sys.version.split()[0],
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
+        **machine(),
         "loops": loops,
         "versions": versions,
         "skipped_loops": skipped,

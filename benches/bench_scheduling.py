@@ -47,7 +47,6 @@ import importlib
 import json
 import math
 import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -58,7 +57,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from _common import describe_exit
+from _common import describe_exit, machine
 
 perf_counter_ns = time.perf_counter_ns
 
@@ -935,10 +934,7 @@ def run(args) -> dict:
         results = {w.key: run_workload(w, loops, factories, args, log) for w in workloads}
 
     return {
-        "python": sys.version.split()[0],
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
+        **machine(),
         "loops": loops,
         "versions": versions,
         "skipped": skipped,

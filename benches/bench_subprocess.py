@@ -43,7 +43,7 @@ import sys
 import tempfile
 import time
 
-from _common import describe_exit
+from _common import describe_exit, make_loop
 
 ALL_LOOPS = ("asyncio", "uvloop", "rloop", "ferroloop")
 BASELINE = "asyncio"
@@ -58,12 +58,6 @@ WORKLOADS = {
     "write_proto": ("MB/s", "1 MiB writes -> write pipe (pause/resume_writing) -> `cat > /dev/null`", True),
     "write_streams": ("MB/s", "1 MiB stdin.write + drain -> `cat > /dev/null`", True),
 }
-
-
-def make_loop(name):
-    if name == "asyncio":
-        return asyncio.SelectorEventLoop()
-    return importlib.import_module(name).new_event_loop()
 
 
 # -- the workloads (run in the child process) ---------------------------------

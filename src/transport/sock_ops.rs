@@ -215,8 +215,9 @@ impl SockOp {
     }
 
     /// asyncio's checks, made when the coroutine starts (not when it is
-    /// created): not an SSLSocket; non-blocking in debug mode.
-    fn check(&self, py: Python<'_>) -> PyResult<()> {
+    /// created): not an SSLSocket; non-blocking in debug mode.  Returns the
+    /// loop.
+    fn check<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let (loop_, sock) = {
             let st = self.st.borrow_mut(py)?;
             match (&st.loop_, &st.sock) {
@@ -246,26 +247,21 @@ impl SockOp {
         let mut st = self.st.borrow_mut(py)?;
         st.fd = fd;
         st.via_methods = !(plain && non_blocking && fd >= 0);
-        Ok(())
+        Ok(loop_)
     }
 
     /// The first step: the call at once, else a future to wait on.
     fn start(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         let this = slf.get();
-        this.check(py)?;
+        let loop_ = this.check(py)?;
         if let Attempt::Done(value) = this.attempt(py)? {
             return Err(Self::finish(this, py, value));
         }
-        let (loop_, fd, write) = {
+        let (fd, write) = {
             let st = this.st.borrow_mut(py)?;
-            let loop_ = st.loop_.as_ref().map(|l| l.clone_ref(py));
-            (loop_, st.fd, st.op.wants_write())
+            (st.fd, st.op.wants_write())
         };
-        let Some(loop_) = loop_ else {
-            return Err(PyRuntimeError::new_err("cannot reuse already awaited coroutine"));
-        };
-        let loop_ = loop_.into_bound(py);
         let unpinned = match &this.st.borrow_mut(py)?.op {
             Op::SendAll { data, .. } => Some(data.clone_ref(py)),
             _ => None,

@@ -664,12 +664,14 @@ impl StreamTransport {
         unwatched.and(closed).and(detached)
     }
 
+    /// bytes, bytearray or memoryview: what the transports' write() takes.
+    fn is_bytes_like(data: &Bound<'_, PyAny>) -> bool {
+        data.is_instance_of::<PyBytes>() || data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>()
+    }
+
     /// Bytes-like data for write()/writelines().
     fn check_bytes_like(data: &Bound<'_, PyAny>) -> PyResult<()> {
-        if data.is_instance_of::<PyBytes>()
-            || data.is_instance_of::<PyByteArray>()
-            || data.is_instance_of::<PyMemoryView>()
-        {
+        if Self::is_bytes_like(data) {
             return Ok(());
         }
         let name = data.get_type().name()?;

@@ -15,7 +15,7 @@
 use pyo3::exceptions::{PyAssertionError, PyBrokenPipeError, PyPermissionError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
+use pyo3::types::PyBytes;
 
 use super::{Kind, StreamState, StreamTransport};
 use crate::event_loop::LoopCore;
@@ -144,10 +144,7 @@ impl StreamTransport {
 
     /// asyncio's pipes assert the type of what they are given to write.
     pub(super) fn check_pipe_data(data: &Bound<'_, PyAny>) -> PyResult<()> {
-        if data.is_instance_of::<PyBytes>()
-            || data.is_instance_of::<PyByteArray>()
-            || data.is_instance_of::<PyMemoryView>()
-        {
+        if Self::is_bytes_like(data) {
             return Ok(());
         }
         Err(PyAssertionError::new_err(data.repr()?.unbind()))
