@@ -80,6 +80,13 @@ impl Callback {
     }
 }
 
+/// What a transport is owed at the next I/O dispatch.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum IoRetry {
+    Read,
+    Write,
+}
+
 #[derive(Default)]
 struct State {
     ready: VecDeque<Callback>,
@@ -91,10 +98,11 @@ struct State {
     /// Native transports by fd (registered edge-triggered with the poller):
     /// one, or a read pipe and a write pipe sharing the fd (a pty master).
     transports: HashMap<RawFd, SmallVec<[Py<StreamTransport>; 1]>>,
-    /// Transports owed a read attempt at the next I/O dispatch: reading
-    /// started or resumed (an edge may have passed meanwhile), or a read cut
-    /// short to let other callbacks run.
-    io_retry: Vec<Py<StreamTransport>>,
+    /// Transports owed a read attempt at the next I/O dispatch (reading
+    /// started or resumed -- an edge may have passed meanwhile -- or a read
+    /// cut short to let other callbacks run), or a write attempt (a
+    /// datagram's send failed with data still queued).
+    io_retry: Vec<(Py<StreamTransport>, IoRetry)>,
     io_events: Vec<Ready>,
 }
 
@@ -466,11 +474,11 @@ impl LoopCore {
             let mut st = this.state.borrow_mut(py)?;
             if !st.io_retry.is_empty() {
                 let st = &mut *st;
-                for transport in st.io_retry.drain(..) {
+                for (transport, retry) in st.io_retry.drain(..) {
                     st.ready.push_back(Callback::Native(NativeCallback::Io {
                         transport,
-                        readable: true,
-                        writable: false,
+                        readable: retry == IoRetry::Read,
+                        writable: retry == IoRetry::Write,
                         drain: true,
                     }));
                 }
@@ -718,11 +726,21 @@ impl LoopCore {
 
     /// Give `transport` a read attempt at the next I/O dispatch.
     pub fn retry_io(slf: &Bound<'_, Self>, transport: Py<StreamTransport>) -> PyResult<()> {
+        Self::retry(slf, transport, IoRetry::Read)
+    }
+
+    /// Give `transport` a write attempt at the next I/O dispatch (the fd
+    /// is writable already, so no edge would report it).
+    pub fn retry_write(slf: &Bound<'_, Self>, transport: Py<StreamTransport>) -> PyResult<()> {
+        Self::retry(slf, transport, IoRetry::Write)
+    }
+
+    fn retry(slf: &Bound<'_, Self>, transport: Py<StreamTransport>, retry: IoRetry) -> PyResult<()> {
         let this = slf.get();
         if this.closed.load(Ordering::Relaxed) {
             return Ok(());
         }
-        this.state.borrow_mut(slf.py())?.io_retry.push(transport);
+        this.state.borrow_mut(slf.py())?.io_retry.push((transport, retry));
         Ok(())
     }
 

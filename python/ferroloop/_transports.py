@@ -11,7 +11,7 @@ import os
 import stat
 import sys
 import warnings
-from asyncio import base_events, constants, futures, selector_events, transports, trsock
+from asyncio import base_events, constants, futures, transports, trsock
 from asyncio.log import logger
 
 from . import _ferroloop
@@ -75,24 +75,11 @@ class _NativeTransport(_ferroloop.StreamTransport):
             })
 
 
-class SocketTransport(_NativeTransport):
-    """A TCP or Unix stream socket transport (asyncio.Transport's API);
-    get_extra_info() knows 'socket', 'sockname' and 'peername'."""
+class _SelectorTransport(_NativeTransport):
+    """What the socket and datagram transports share, as asyncio's
+    `_SelectorTransport`: extra info, repr, fatal errors."""
 
-    # A native class cannot derive from asyncio.Transport (its __slots__
-    # layout conflicts), so `isinstance(t, asyncio.Transport)` -- and
-    # asyncio's own check for `_FlowControlMixin` in sendfile's fallback --
-    # would be false.  isinstance() also consults `obj.__class__` when it
-    # differs from `type(obj)` (as for unittest.mock's spec objects): it
-    # names a class deriving from both, so those checks pass.  type(t) is
-    # still this class; nothing on a hot path looks at __class__.
-    __class__ = property(lambda self: _SocketTransportFacade)
-
-    max_size = 256 * 1024  # asyncio's recv() size; the native reader's too
-    _start_tls_compatible = True
-    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
-
-    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
+    def _init_extra(self, sock, extra):
         if extra is None:
             extra = {}
         self._extra = extra
@@ -106,20 +93,6 @@ class SocketTransport(_NativeTransport):
                 extra['peername'] = sock.getpeername()
             except OSError:
                 extra['peername'] = None
-        self._attach(loop, sock, protocol, server)
-        if server is not None:
-            if _SERVER_ATTACH_TAKES_TRANSPORT:
-                server._attach(self)
-            else:
-                server._attach()
-        loop._transports[sock.fileno()] = self
-        # Disable Nagle: small writes go out without waiting for an ACK.
-        base_events._set_nodelay(sock)
-        loop.call_soon(protocol.connection_made, self)
-        # Only start reading once connection_made() has run.
-        loop.call_soon(self._start_reading)
-        if waiter is not None:
-            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
 
     def __repr__(self):
         info = self._repr_info()
@@ -147,6 +120,54 @@ class _Absent:
         raise AttributeError(f"'{owner}' object has no attribute '{self._name}'")
 
 
+def _without_stream_socket_parts(cls):
+    """Class decorator: hide the native methods only asyncio's socket
+    transport has (EOF and sendfile support)."""
+    for name in ('_eof', '_make_empty_waiter', '_reset_empty_waiter',
+                 '_suspend_watch', '_resume_watch'):
+        absent = _Absent()
+        absent.__set_name__(cls, name)
+        setattr(cls, name, absent)
+    return cls
+
+
+class SocketTransport(_SelectorTransport):
+    """A TCP or Unix stream socket transport (asyncio.Transport's API);
+    get_extra_info() knows 'socket', 'sockname' and 'peername'."""
+
+    # A native class cannot derive from asyncio.Transport (its __slots__
+    # layout conflicts), so `isinstance(t, asyncio.Transport)` -- and
+    # asyncio's own check for `_FlowControlMixin` in sendfile's fallback --
+    # would be false.  isinstance() also consults `obj.__class__` when it
+    # differs from `type(obj)` (as for unittest.mock's spec objects): it
+    # names a class deriving from both, so those checks pass.  type(t) is
+    # still this class; nothing on a hot path looks at __class__.
+    __class__ = property(lambda self: _SocketTransportFacade)
+
+    max_size = 256 * 1024  # asyncio's recv() size; the native reader's too
+    _start_tls_compatible = True
+    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+
+    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
+        self._init_extra(sock, extra)
+        self._attach(loop, sock, protocol, server)
+        if server is not None:
+            if _SERVER_ATTACH_TAKES_TRANSPORT:
+                server._attach(self)
+            else:
+                server._attach()
+        loop._transports[sock.fileno()] = self
+        # Disable Nagle: small writes go out without waiting for an ACK.
+        base_events._set_nodelay(sock)
+        loop.call_soon(protocol.connection_made, self)
+        # Only start reading once connection_made() has run.
+        loop.call_soon(self._start_reading)
+        if waiter is not None:
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+
+    sendto = _Absent()  # datagram transports only
+
+
 class _ReadPipeFacade(transports.ReadTransport):
     """isinstance() target of ReadPipeTransport (see SocketTransport)."""
     __slots__ = ()
@@ -161,6 +182,7 @@ _ReadPipeFacade.__name__ = _ReadPipeFacade.__qualname__ = 'ReadPipeTransport'
 _WritePipeFacade.__name__ = _WritePipeFacade.__qualname__ = 'WritePipeTransport'
 
 
+@_without_stream_socket_parts
 class _PipeTransport(_NativeTransport):
     """What the two pipe transports share: construction, repr, error
     reports.  get_extra_info() knows 'pipe'."""
@@ -219,11 +241,7 @@ class _PipeTransport(_NativeTransport):
 
     # Not in asyncio's pipe transports.
     _server = _Absent()
-    _eof = _Absent()
-    _make_empty_waiter = _Absent()
-    _reset_empty_waiter = _Absent()
-    _suspend_watch = _Absent()
-    _resume_watch = _Absent()
+    sendto = _Absent()
 
 
 class ReadPipeTransport(_PipeTransport):
@@ -267,33 +285,56 @@ class WritePipeTransport(_PipeTransport):
         raise NotImplementedError
 
 
-class DatagramTransport(selector_events._SelectorDatagramTransport,
-                        transports.DatagramTransport):
-    """asyncio's UDP transport (until a native one lands), reading every
-    queued datagram a readiness report finds -- up to `max_reads` -- where
-    asyncio reads one per loop iteration.  With many peers on one socket,
-    asyncio spends a whole iteration (an epoll wait, here also a re-arm) per
-    datagram.  datagram_received() is called in the same order; other
-    callbacks run after the batch instead of between datagrams.  It is an
-    `asyncio.DatagramTransport` on every Python (asyncio's is from 3.13)."""
+class _DatagramFacade(transports._FlowControlMixin, transports.DatagramTransport):
+    """isinstance() target of DatagramTransport (see SocketTransport): an
+    asyncio.Transport, as asyncio's datagram transport is, and an
+    asyncio.DatagramTransport (asyncio's is one from 3.13)."""
+    __slots__ = ()
 
-    max_reads = 32
 
-    def _read_ready(self):
-        protocol = self._protocol
-        for _ in range(self.max_reads):
-            if self._conn_lost or not self.is_reading():
-                return
-            try:
-                data, addr = self._sock.recvfrom(self.max_size)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                protocol.error_received(exc)
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as exc:
-                self._fatal_error(exc, 'Fatal read error on datagram transport')
-                return
-            else:
-                protocol.datagram_received(data, addr)
+_DatagramFacade.__name__ = _DatagramFacade.__qualname__ = 'DatagramTransport'
+
+
+@_without_stream_socket_parts
+class DatagramTransport(_SelectorTransport):
+    """A UDP or Unix datagram socket transport (asyncio.DatagramTransport's
+    API); get_extra_info() knows 'socket', 'sockname' and 'peername'.
+    Receiving and sendto() are native (src/transport/stream/datagram.rs)."""
+
+    __class__ = property(lambda self: _DatagramFacade)
+
+    max_size = 256 * 1024  # the largest datagram received, as asyncio's
+
+    def __init__(self, loop, sock, protocol, address=None, waiter=None, extra=None):
+        self._init_extra(sock, extra)
+        self._address = address
+        self._attach_datagram(loop, sock, protocol, address, bool(self._extra['peername']))
+        loop._transports[sock.fileno()] = self
+        loop.call_soon(protocol.connection_made, self)
+        # Only start reading once connection_made() has run.
+        loop.call_soon(self._start_reading)
+        if waiter is not None:
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+
+    @property
+    def _buffer_size(self):
+        return self.get_write_buffer_size()
+
+    # asyncio's datagram transport inherits these from Transport,
+    # unimplemented.
+    def write(self, data):
+        raise NotImplementedError
+
+    def writelines(self, list_of_data):
+        self.write(b''.join(list_of_data))
+
+    def write_eof(self):
+        raise NotImplementedError
+
+    def can_write_eof(self):
+        raise NotImplementedError
+
+    # Not in asyncio's datagram transport.
+    _empty_waiter = _Absent()
+    _start_tls_compatible = _Absent()
+    _sendfile_compatible = _Absent()

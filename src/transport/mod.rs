@@ -4,6 +4,7 @@
 
 mod buffer;
 mod sock_ops;
+mod sockaddr;
 mod stream;
 mod sys;
 

@@ -21,7 +21,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyMemoryView, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 
-use super::sys::{os_error, read_bytes, read_raw, write, BufferView, Io, RecvError, WriteCall};
+use super::sys::{os_error, read_bytes, read_raw, socket_type, write, BufferView, Io, RecvError, WriteCall};
 use crate::event_loop::LoopCore;
 use crate::gil_cell::GilCell;
 
@@ -94,11 +94,6 @@ fn args_to_call(py: Python<'_>, args: Args) -> PyResult<(&'static str, Py<PyAny>
 enum Attempt {
     Done(Py<PyAny>),
     WouldBlock,
-}
-
-fn socket_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
-    static TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-    TYPE.import(py, "socket", "socket")
 }
 
 fn ssl_socket_type(py: Python<'_>) -> Option<&Bound<'_, PyType>> {

@@ -57,6 +57,7 @@ const MAX_READS_PER_EVENT: usize = 16;
 /// asyncio's `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
 const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 
+mod datagram;
 mod pipe;
 
 /// What the transport carries; the pipe kinds follow asyncio's pipe
@@ -67,26 +68,36 @@ enum Kind {
     Socket,
     ReadPipe,
     WritePipe,
+    /// A datagram socket (UDP, Unix datagram): see datagram.rs.
+    Datagram,
 }
 
 impl Kind {
     fn write_call(self) -> WriteCall {
         match self {
-            Kind::Socket => WriteCall::Send,
+            Kind::Socket | Kind::Datagram => WriteCall::Send,
             Kind::ReadPipe | Kind::WritePipe => WriteCall::Write,
         }
     }
 
     fn is_pipe(self) -> bool {
-        self != Kind::Socket
+        matches!(self, Kind::ReadPipe | Kind::WritePipe)
     }
 
     fn read_failed(self) -> &'static str {
-        if self.is_pipe() { "Fatal read error on pipe transport" } else { "Fatal read error on socket transport" }
+        match self {
+            Kind::Socket => "Fatal read error on socket transport",
+            Kind::ReadPipe | Kind::WritePipe => "Fatal read error on pipe transport",
+            Kind::Datagram => "Fatal read error on datagram transport",
+        }
     }
 
     fn write_failed(self) -> &'static str {
-        if self.is_pipe() { "Fatal write error on pipe transport" } else { "Fatal write error on socket transport" }
+        match self {
+            Kind::Socket => "Fatal write error on socket transport",
+            Kind::ReadPipe | Kind::WritePipe => "Fatal write error on pipe transport",
+            Kind::Datagram => "Fatal write error on datagram transport",
+        }
     }
 }
 /// Linux's default pipe buffer: a read this big found the pipe full.
@@ -144,6 +155,8 @@ struct StreamState {
     /// write; `closing` alone also drops writes.)
     conn_lost: u32,
     buffer: WriteBuffer,
+    /// A datagram transport's queue and addresses (None for other kinds).
+    dgram: Option<Box<datagram::DatagramState>>,
 }
 
 impl StreamState {
@@ -161,7 +174,23 @@ impl StreamState {
     /// write pipe's `conn_lost` also counts writes dropped while it closes,
     /// which must not stop the flush; its errors clear the buffer.)
     fn writes_pending(&self) -> bool {
-        !self.buffer.is_empty() && (self.conn_lost == 0 || self.kind == Kind::WritePipe)
+        self.has_queued() && (self.conn_lost == 0 || self.kind == Kind::WritePipe)
+    }
+
+    /// Anything waits to be written (bytes, or datagrams).
+    fn has_queued(&self) -> bool {
+        match &self.dgram {
+            Some(d) => d.has_queued(),
+            None => !self.buffer.is_empty(),
+        }
+    }
+
+    /// get_write_buffer_size(): what flow control compares with the limits.
+    fn queued(&self) -> usize {
+        match &self.dgram {
+            Some(d) => d.queued_bytes(),
+            None => self.buffer.len(),
+        }
     }
 
     /// write() would only count the call, not send anything.
@@ -227,6 +256,9 @@ impl StreamState {
             visit(&l.high)?;
             visit(&l.low)?;
         }
+        if let Some(d) = &self.dgram {
+            d.visit(visit)?;
+        }
         Ok(())
     }
 }
@@ -283,6 +315,16 @@ impl StreamTransport {
     /// Readiness reported by the poller (or a read retry): asyncio would run
     /// the reader handle, then the writer handle.
     pub fn on_io(slf: &Bound<'_, Self>, readable: bool, writable: bool, drain: bool) -> PyResult<()> {
+        if slf.get().st.borrow_mut(slf.py())?.kind == Kind::Datagram {
+            if readable {
+                Self::datagram_read_ready(slf)?;
+            }
+            // (A write retry may find the queue empty: see datagram.rs.)
+            if writable {
+                Self::datagram_write_ready(slf)?;
+            }
+            return Ok(());
+        }
         if readable {
             if slf.get().st.borrow_mut(slf.py())?.kind == Kind::WritePipe {
                 Self::pipe_reader_gone(slf)?;
@@ -519,7 +561,7 @@ impl StreamTransport {
         let protocol = {
             let mut st = slf.get().st.borrow_mut(py)?;
             let (high, _) = st.high_low();
-            if (st.buffer.len() as f64) <= high || st.protocol_paused {
+            if (st.queued() as f64) <= high || st.protocol_paused {
                 return Ok(());
             }
             st.protocol_paused = true;
@@ -533,7 +575,7 @@ impl StreamTransport {
         let protocol = {
             let mut st = slf.get().st.borrow_mut(py)?;
             let (_, low) = st.high_low();
-            if !st.protocol_paused || (st.buffer.len() as f64) > low {
+            if !st.protocol_paused || (st.queued() as f64) > low {
                 return Ok(());
             }
             st.protocol_paused = false;
@@ -589,7 +631,7 @@ impl StreamTransport {
             }
             st.closing = true;
             st.reader_on = false;
-            if !st.buffer.is_empty() {
+            if st.has_queued() {
                 return Ok(()); // connection_lost once the buffer is flushed
             }
             st.conn_lost += 1;
@@ -605,10 +647,11 @@ impl StreamTransport {
                 return Ok(());
             }
             let dropped = std::mem::take(&mut st.buffer);
+            let datagrams = st.dgram.as_mut().map(|d| d.take_refs());
             st.closing = true;
             st.reader_on = false;
             st.conn_lost += 1;
-            dropped
+            (dropped, datagrams)
         };
         drop(dropped);
         Self::schedule_connection_lost(slf, exc)
@@ -642,7 +685,8 @@ impl StreamTransport {
         let (loop_, sock, protocol, server, fd) = {
             let mut st = slf.get().st.borrow_mut(py)?;
             let protocol = if lost { st.protocol.take() } else { None };
-            (st.loop_.take(), st.sock.take(), protocol, st.server.take(), st.fd)
+            let datagrams = st.dgram.as_mut().map(|d| d.take_refs());
+            (st.loop_.take(), st.sock.take(), (protocol, datagrams), st.server.take(), st.fd)
         };
         // Deregister before closing: the fd number may be reused at once.
         let unwatched = match &loop_ {
@@ -831,6 +875,28 @@ impl StreamTransport {
         Self::attach_pipe(slf, r#loop, pipe, protocol, writable, watch_reader)
     }
 
+    /// Bind to `loop` and a non-blocking datagram socket with `protocol`
+    /// (a DatagramProtocol); `address` is the remote address sendto()
+    /// insists on, `connected` whether the socket has a peer (send, not
+    /// sendto).  Reading starts with `_start_reading()`.
+    #[pyo3(signature = (r#loop, sock, protocol, address, connected))]
+    fn _attach_datagram(
+        slf: &Bound<'_, Self>,
+        r#loop: &Bound<'_, PyAny>,
+        sock: &Bound<'_, PyAny>,
+        protocol: &Bound<'_, PyAny>,
+        address: Option<&Bound<'_, PyAny>>,
+        connected: bool,
+    ) -> PyResult<()> {
+        Self::attach_datagram(slf, r#loop, sock, protocol, address, connected)
+    }
+
+    /// Send one datagram to `addr` (a datagram transport's sendto).
+    #[pyo3(signature = (data, addr=None))]
+    fn sendto(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>, addr: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        Self::datagram_sendto(slf, data, addr)
+    }
+
     /// A pipe's `_close(exc)`: stop, drop buffered data, and schedule
     /// connection_lost(exc).
     #[pyo3(signature = (exc=None))]
@@ -999,7 +1065,7 @@ impl StreamTransport {
             // All a write pipe needs to close is write_eof.
             Kind::WritePipe if open => Self::pipe_write_eof(slf),
             Kind::WritePipe => Ok(()),
-            Kind::Socket | Kind::ReadPipe => Self::close(slf),
+            Kind::Socket | Kind::ReadPipe | Kind::Datagram => Self::close(slf),
         }
     }
 
@@ -1058,7 +1124,7 @@ impl StreamTransport {
     }
 
     fn get_write_buffer_size(&self, py: Python<'_>) -> PyResult<usize> {
-        Ok(self.st.borrow_mut(py)?.buffer.len())
+        Ok(self.st.borrow_mut(py)?.queued())
     }
 
     fn get_write_buffer_limits(&self, py: Python<'_>) -> PyResult<(Py<PyAny>, Py<PyAny>)> {

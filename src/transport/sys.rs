@@ -8,6 +8,8 @@ use std::os::fd::RawFd;
 use pyo3::ffi;
 use pyo3::prelude::*;
 
+use super::sockaddr::SockAddr;
+
 /// What a non-blocking read or write on an fd came to.
 pub enum Io {
     Done(usize),
@@ -102,6 +104,42 @@ pub fn write_vectored(fd: RawFd, parts: &[&[u8]], how: WriteCall) -> Io {
     }
 }
 
+/// `recvfrom(fd, buf, len(buf), 0)`, retried on EINTR; the sender's
+/// address goes to `from` (left empty -- length 0 -- when the socket
+/// reports none).
+pub fn recv_from(fd: RawFd, buf: &mut [u8], from: &mut SockAddr) -> Io {
+    loop {
+        *from = SockAddr::empty();
+        let (addr, addr_len) = from.as_mut_parts();
+        // SAFETY: `buf` is a live writable slice of `buf.len()` bytes;
+        // `addr`/`addr_len` point into `from`, whose storage is as large as
+        // `*addr_len` says.
+        let n = unsafe { libc::recvfrom(fd, buf.as_mut_ptr().cast(), buf.len(), 0, addr, addr_len) };
+        if let Some(io) = classify(n) {
+            return io;
+        }
+    }
+}
+
+/// One datagram: `sendto(fd, data, to)`, or `send` on a connected socket
+/// (`to` None), retried on EINTR.
+pub fn send_to(fd: RawFd, data: &[u8], to: Option<&SockAddr>) -> Io {
+    loop {
+        let n = match to {
+            // SAFETY: `data` is a live slice; `a` is an initialised address
+            // of `a.len()` bytes.
+            Some(a) => unsafe {
+                libc::sendto(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL, a.as_ptr(), a.len())
+            },
+            // SAFETY: `data` is a live slice of `data.len()` bytes.
+            None => unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL) },
+        };
+        if let Some(io) = classify(n) {
+            return io;
+        }
+    }
+}
+
 /// Grow a pipe's buffer to `size` bytes (`F_SETPIPE_SZ`) unless it is that
 /// big already (never shrink it); false if it did not grow (not a pipe,
 /// big enough, above /proc/sys/fs/pipe-max-size, or the user's pipe-buffer
@@ -124,6 +162,14 @@ pub fn shutdown_write(py: Python<'_>, fd: RawFd) -> PyResult<()> {
         return Err(os_error(py, errno()));
     }
     Ok(())
+}
+
+/// `socket.socket`: on an object of exactly this type (not a subclass,
+/// which may override its methods) the transports make the system calls
+/// on the fd themselves.
+pub fn socket_type(py: Python<'_>) -> PyResult<&Bound<'_, pyo3::types::PyType>> {
+    static TYPE: pyo3::sync::PyOnceLock<Py<pyo3::types::PyType>> = pyo3::sync::PyOnceLock::new();
+    TYPE.import(py, "socket", "socket")
 }
 
 /// The OSError subclass CPython raises for `errno` (ConnectionResetError,
