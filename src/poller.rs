@@ -9,6 +9,14 @@
 //!   `Ready::Edge`; the transport reads and writes until `WouldBlock`, so it
 //!   needs neither re-arming nor an epoll_ctl call when it starts or stops
 //!   writing.
+//! * Parking: an fd whose last reader/writer is removed stays registered
+//!   with the kernel until the wait after next.  A `sock_recv` loop removes
+//!   its reader when the data arrives and adds it again for the next call
+//!   an iteration later: that costs one EPOLL_CTL_MOD instead of a DEL and
+//!   an ADD.  Reports for parked fds are dropped.  (The cost: an fd closed
+//!   while parked, whose file lives on in a dup, keeps reporting under its
+//!   number until the sweep; a new fd of that number sees those reports as
+//!   spurious readiness, which non-blocking callbacks shrug off.)
 //! * A `mio::Waker` (eventfd) for `call_soon_threadsafe`.
 //! * A non-blocking pipe handed to `signal.set_wakeup_fd`: CPython's C-level
 //!   signal handler writes the signal number into it, which wakes the poll
@@ -69,6 +77,9 @@ pub struct Poller {
     edge: HashSet<RawFd>,
     /// fds that reported readiness in the last wait, re-armed before the next.
     fired: Vec<RawFd>,
+    /// Parked fds (see the module docs): true once a wait has passed since
+    /// parking, so the next wait deregisters them.
+    parked: HashMap<RawFd, bool>,
     signal_rx: OwnedFd,
     signal_tx: OwnedFd,
 }
@@ -99,6 +110,7 @@ impl Poller {
                 poll,
                 events: Events::with_capacity(1024),
                 interests: HashMap::new(),
+                parked: HashMap::new(),
                 edge: HashSet::new(),
                 fired: Vec::new(),
                 signal_rx,
@@ -120,7 +132,7 @@ impl Poller {
 
     /// True when some fd is watched.
     pub fn has_registrations(&self) -> bool {
-        !self.interests.is_empty() || !self.edge.is_empty()
+        !self.interests.is_empty() || !self.edge.is_empty() || !self.parked.is_empty()
     }
 
     /// Watch `fd` edge-triggered for both directions, for a native
@@ -130,13 +142,15 @@ impl Poller {
         let both = Interest::READABLE | Interest::WRITABLE;
         let registry = self.poll.registry();
         match registry.register(&mut SourceFd(&fd), token, both) {
-            // Still registered under a number a closed fd had: take it over.
+            // Still registered (parked, or under a number a closed fd had):
+            // take it over.
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
                 registry.reregister(&mut SourceFd(&fd), token, both)?;
                 self.interests.remove(&fd);
             }
             other => other?,
         }
+        self.parked.remove(&fd);
         self.edge.insert(fd);
         Ok(())
     }
@@ -159,19 +173,13 @@ impl Poller {
         // lets add_reader take an fd whose transport is closing).
         self.edge.remove(&fd);
         let registry = self.poll.registry();
-        let had = self.interests.contains_key(&fd);
+        let had = self.interests.contains_key(&fd) || self.parked.remove(&fd).is_some();
         match want.to_mio() {
             None => {
+                // Parked, not deregistered: it is likely watched again soon.
                 if had {
                     self.interests.remove(&fd);
-                    // The fd may already be closed (EBADF) or reused (ENOENT):
-                    // either way the kernel no longer watches it for us.
-                    match registry.deregister(&mut SourceFd(&fd)) {
-                        Err(e) if !matches!(e.raw_os_error(), Some(libc::EBADF | libc::ENOENT)) => {
-                            return Err(e)
-                        }
-                        _ => {}
-                    }
+                    self.parked.insert(fd, false);
                 }
                 Ok(())
             }
@@ -213,6 +221,7 @@ impl Poller {
     /// caller can run Python's signal handlers.
     pub fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Ready>) -> io::Result<()> {
         self.rearm_fired();
+        self.sweep_parked();
         out.clear();
         match self.poll.poll(&mut self.events, timeout) {
             Ok(()) => {}
@@ -235,6 +244,9 @@ impl Poller {
                 });
             } else {
                 let fd = token.0 as RawFd;
+                if !self.interests.contains_key(&fd) {
+                    continue; // parked: nobody watches it
+                }
                 let err = event.is_error();
                 let readable = event.is_readable() || event.is_read_closed() || err;
                 let writable = event.is_writable() || event.is_write_closed() || err;
@@ -266,6 +278,25 @@ impl Poller {
         }
         self.fired = fired;
         self.fired.clear();
+    }
+
+    /// Deregister the fds parked before the previous wait and not watched
+    /// since; mark the others for the next sweep.
+    fn sweep_parked(&mut self) {
+        if self.parked.is_empty() {
+            return;
+        }
+        let registry = self.poll.registry();
+        self.parked.retain(|&fd, old| {
+            if !*old {
+                *old = true;
+                return true;
+            }
+            // The fd may be closed (EBADF) or its number reused by an fd
+            // that is not registered (ENOENT): nothing to undo either way.
+            let _ = registry.deregister(&mut SourceFd(&fd));
+            false
+        });
     }
 
     /// Signal numbers written by CPython's C signal handler since last time.
@@ -330,6 +361,51 @@ mod tests {
         p.set_interest(fd, FdInterest::default()).unwrap();
         assert!(wait0(&mut p).is_empty());
         assert_eq!(p.interest(fd), FdInterest::default());
+    }
+
+    #[test]
+    fn parked_fds_stay_quiet_report_again_when_watched_and_are_swept() {
+        let (mut p, _w) = Poller::new().unwrap();
+        let (mut a, b) = UnixStream::pair().unwrap();
+        let fd = b.as_raw_fd();
+        let read = FdInterest { read: true, write: false };
+        p.set_interest(fd, read).unwrap();
+        p.set_interest(fd, FdInterest::default()).unwrap();
+        assert!(p.parked.contains_key(&fd));
+        assert!(p.has_registrations());
+        // Data arriving while parked is not reported...
+        a.write_all(b"x").unwrap();
+        assert!(wait0(&mut p).is_empty());
+        // ...but watching again finds it (the MOD re-checks the fd).
+        p.set_interest(fd, read).unwrap();
+        assert!(!p.parked.contains_key(&fd));
+        assert_eq!(wait0(&mut p), vec![Ready::Fd { fd, readable: true, writable: false }]);
+        // Parked and left alone: deregistered at the wait after next.
+        p.set_interest(fd, FdInterest::default()).unwrap();
+        assert!(wait0(&mut p).is_empty());
+        assert!(p.parked.contains_key(&fd));
+        assert!(wait0(&mut p).is_empty());
+        assert!(p.parked.is_empty());
+        assert!(!p.has_registrations());
+        // Registering again after the sweep works (an ADD, not a MOD).
+        p.set_interest(fd, read).unwrap();
+        assert_eq!(wait0(&mut p), vec![Ready::Fd { fd, readable: true, writable: false }]);
+    }
+
+    #[test]
+    fn a_native_transport_takes_over_a_parked_fd() {
+        let (mut p, _w) = Poller::new().unwrap();
+        let (mut a, b) = UnixStream::pair().unwrap();
+        let fd = b.as_raw_fd();
+        p.set_interest(fd, FdInterest { read: true, write: false }).unwrap();
+        p.set_interest(fd, FdInterest::default()).unwrap();
+        p.register_edge(fd).unwrap();
+        assert!(p.parked.is_empty());
+        wait0(&mut p);
+        wait0(&mut p);
+        // Not swept: it still reports as the transport's.
+        a.write_all(b"x").unwrap();
+        assert!(wait0(&mut p).iter().any(|r| matches!(r, Ready::Edge { fd: f, readable: true, .. } if *f == fd)));
     }
 
     #[test]

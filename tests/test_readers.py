@@ -208,6 +208,71 @@ def test_remove_reader_stops_callbacks(loop, sockpair):
     assert a.recv(100) == b"second"
 
 
+def test_reader_removed_then_added_again_sees_data_that_arrived_meanwhile(loop, sockpair):
+    # ferroloop keeps a removed fd registered for a moment (so that a
+    # sock_recv loop re-adding its reader costs less); data that arrives in
+    # between must still be reported once a reader is back, in any later
+    # iteration.
+    a, b = sockpair
+    calls = []
+
+    def first():
+        calls.append(('first', a.recv(100)))
+        loop.remove_reader(a.fileno())
+        b.send(b"meanwhile")
+        loop.call_soon(lambda: loop.call_soon(lambda: loop.call_later(0.02, add_again)))
+
+    def add_again():
+        loop.add_reader(a.fileno(), second)
+
+    def second():
+        calls.append(('second', a.recv(100)))
+        loop.remove_reader(a.fileno())
+        loop.stop()
+
+    loop.add_reader(a.fileno(), first)
+    b.send(b"one")
+    run_until_stopped(loop)
+    assert calls == [('first', b"one"), ('second', b"meanwhile")]
+
+
+def test_fd_number_reused_after_remove_and_close(loop):
+    # A reader removed, its socket closed, and a new socket (which gets the
+    # same fd number) watched in the same iteration: only the new socket's
+    # data is reported.
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    got = []
+
+    def old_reader():
+        a.recv(100)
+        loop.remove_reader(a.fileno())
+        fd = a.fileno()
+        a.close()
+        b.close()
+        c, d = socket.socketpair()
+        c.setblocking(False)
+        keep.extend([c, d])
+        assert fd in (c.fileno(), d.fileno())
+        loop.add_reader(c.fileno(), new_reader, c)
+        d.send(b"new")
+
+    def new_reader(c):
+        got.append(c.recv(100))
+        loop.remove_reader(c.fileno())
+        loop.stop()
+
+    keep = []
+    loop.add_reader(a.fileno(), old_reader)
+    b.send(b"old")
+    try:
+        run_until_stopped(loop)
+    finally:
+        for s in keep:
+            s.close()
+    assert got == [b"new"]
+
+
 def test_remove_reader_return_values(loop, sockpair):
     a, _ = sockpair
     assert loop.remove_reader(a.fileno()) is False

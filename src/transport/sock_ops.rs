@@ -18,12 +18,13 @@ use pyo3::exceptions::{PyRuntimeError, PyStopIteration, PyTypeError, PyValueErro
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyMemoryView, PyType};
+use pyo3::types::{PyBytes, PyDict, PyMemoryView, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 
 use super::sys::{os_error, read_bytes, read_raw, socket_type, write, BufferView, Io, RecvError, WriteCall};
 use crate::event_loop::LoopCore;
 use crate::gil_cell::GilCell;
+use crate::handles::Handle;
 
 /// The operation and its arguments.
 enum Op {
@@ -269,7 +270,10 @@ impl SockOp {
             }
         }
         let fut = loop_.call_method0(intern!(py, "create_future"))?;
-        loop_.call_method1(intern!(py, "_ensure_fd_no_transport"), (fd,))?;
+        if fd_has_transport(&loop_, fd)? {
+            // It raises unless that transport is closing.
+            loop_.call_method1(intern!(py, "_ensure_fd_no_transport"), (fd,))?;
+        }
         let ready = slf.getattr(intern!(py, "_io_ready"))?;
         let watch = if write { intern!(py, "_add_writer") } else { intern!(py, "_add_reader") };
         let handle = loop_.call_method1(watch, (fd, ready))?;
@@ -348,11 +352,28 @@ impl SockOp {
         let (Some(loop_), Some(handle)) = (loop_, handle) else {
             return Ok(());
         };
-        if handle.bind(py).call_method0(intern!(py, "cancelled"))?.is_truthy()? {
+        let cancelled = match handle.bind(py).cast::<Handle>() {
+            Ok(h) => h.get().is_cancelled(),
+            Err(_) => handle.bind(py).call_method0(intern!(py, "cancelled"))?.is_truthy()?,
+        };
+        if cancelled {
             return Ok(());
         }
         let unwatch = if write { intern!(py, "_remove_writer") } else { intern!(py, "_remove_reader") };
         loop_.bind(py).call_method1(unwatch, (fd,)).map(drop)
+    }
+}
+
+/// Whether the loop's `_transports` (asyncio's WeakValueDictionary of
+/// transports by fd) has an entry for `fd`: a dict lookup in its `data`,
+/// where asyncio's own check raises and catches a KeyError every time.
+fn fd_has_transport(loop_: &Bound<'_, PyAny>, fd: RawFd) -> PyResult<bool> {
+    let py = loop_.py();
+    let transports = loop_.getattr(intern!(py, "_transports"))?;
+    match transports.getattr(intern!(py, "data")).ok().and_then(|d| d.cast_into::<PyDict>().ok()) {
+        Some(data) => data.contains(fd),
+        // Not a WeakValueDictionary: let asyncio's check look.
+        None => Ok(true),
     }
 }
 
