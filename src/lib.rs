@@ -34,6 +34,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(registry::_native_tasks, m)?)?;
     m.add_function(wrap_pyfunction!(registry::_native_task_count, m)?)?;
     m.add_function(wrap_pyfunction!(registry::_is_registered, m)?)?;
+    transport::adapt_malloc_thresholds();
     native_types::init(m.py());
     slots::install(m.py())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

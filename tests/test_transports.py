@@ -6,7 +6,9 @@ Every test also passes on stock asyncio (FERROLOOP_TEST_TARGET=asyncio).
 import asyncio
 import gc
 import os
+import platform
 import socket
+import subprocess
 import sys
 import tempfile
 import warnings
@@ -683,3 +685,39 @@ def test_udp_stops_reading_when_closed_mid_batch(loop):
         return proto.got
 
     assert run(loop, main()) == [b'x']
+
+
+@pytest.mark.skipif(not on_ferroloop(), reason="ferroloop's import-time malloc tuning")
+@pytest.mark.skipif(platform.libc_ver()[0] != 'glibc', reason="glibc's malloc thresholds")
+def test_import_keeps_transport_sized_buffers_on_the_heap():
+    # glibc maps every allocation above 128 KiB on its own until a large
+    # mapped block is freed; importing ferroloop frees one, so the 256 KiB
+    # read buffers of its transports come from the heap (no mmap, munmap and
+    # page faults per read).  Checked in a fresh interpreter.
+    code = r'''
+import ctypes
+libc = ctypes.CDLL("libc.so.6")
+class MI(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+libc.mallinfo2.restype = MI
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+def mapped(import_first):
+    if import_first:
+        import ferroloop
+    before = libc.mallinfo2().hblks
+    blocks = [libc.malloc(300 * 1024) for _ in range(4)]
+    after = libc.mallinfo2().hblks
+    for b in blocks:
+        libc.free(b)
+    return after - before
+import sys
+print(mapped(sys.argv[1] == "import"))
+'''
+    def run(arg):
+        out = subprocess.run([sys.executable, '-c', code, arg], capture_output=True, text=True, check=True)
+        return int(out.stdout)
+
+    assert run('plain') == 4  # the premise: a fresh interpreter maps them
+    assert run('import') == 0

@@ -279,6 +279,32 @@ pub fn read_bytes(py: Python<'_>, fd: RawFd, max: usize) -> Result<Option<Bound<
     Ok(Some(unsafe { Bound::from_owned_ptr(py, obj).cast_into_unchecked() }))
 }
 
+/// Free one 1 MiB allocation, so that glibc's malloc keeps the buffers
+/// transports churn through (reads of up to 256 KiB, their copies in
+/// asyncio's streams) on its heap.  glibc maps every allocation above its
+/// mmap threshold separately, and returns the top of its heap to the
+/// system above its trim threshold; both start at 128 KiB and only rise
+/// once a large mapped allocation is freed whole (to its size, and twice
+/// that).  A process that has not freed one yet pays, per 100 KiB message,
+/// an mmap or brk and a page fault per 4 KiB: measured here, 100 KiB
+/// streams echo went from 3.6k to 10.4k requests/s with page faults from
+/// 335k/s to none.  Any program that once frees a buffer of a MiB (reading
+/// a file does) gets the same thresholds; on other allocators this is only
+/// a malloc and a free.
+pub fn adapt_malloc_thresholds() {
+    const SIZE: usize = 1024 * 1024;
+    // SAFETY: malloc's result is checked; the volatile write (inside the
+    // allocation) keeps the compiler from dropping the pair as unused; the
+    // block is freed once, right after.
+    unsafe {
+        let p = libc::malloc(SIZE).cast::<u8>();
+        if !p.is_null() {
+            std::ptr::write_volatile(p, 0);
+            libc::free(p.cast());
+        }
+    }
+}
+
 pub enum RecvError {
     WouldBlock,
     /// The OSError of a failed read, or a failed allocation (MemoryError).
