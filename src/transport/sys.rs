@@ -243,11 +243,10 @@ extern "C" {
 
 /// One `read` of up to `max` bytes straight into a new bytes object, shrunk
 /// to what arrived -- what asyncio's `sock.recv(max_size)` does, minus the
-/// Python call.  (A long-lived 256 KiB read buffer copied out from was
-/// measured at twice the kernel time per 100 KiB read on these machines:
-/// glibc serves it from its own mmap, and receiving into that is slower
-/// than into heap memory, which these short-lived buffers come from once
-/// glibc's mmap threshold has adapted.)  `Ok(None)` is the EOF.
+/// Python call.  These short-lived buffers come from glibc's heap (see
+/// `adapt_malloc_thresholds`); a long-lived per-thread buffer copied out
+/// from was measured slower, at 100 KiB reads by a third.  `Ok(None)` is
+/// the EOF.
 pub fn read_bytes(py: Python<'_>, fd: RawFd, max: usize) -> Result<Option<Bound<'_, pyo3::types::PyBytes>>, RecvError> {
     // SAFETY: a NULL source makes CPython allocate `max` uninitialised
     // bytes; the result is a new reference or NULL with an exception set.
