@@ -130,6 +130,13 @@ struct StreamState {
     loop_: Option<Py<LoopCore>>,
     sock: Option<Py<PyAny>>,
     protocol: Option<Py<PyAny>>,
+    /// The protocol's method reads are delivered to (data_received,
+    /// buffer_updated or datagram_received), looked up once per
+    /// set_protocol as uvloop does; None if the lookup failed (then each
+    /// call looks it up, and fails, as asyncio's would).
+    on_data: Option<Py<PyAny>>,
+    /// A BufferedProtocol's get_buffer, likewise.
+    on_get_buffer: Option<Py<PyAny>>,
     /// The context read callbacks run in.
     context: Option<Py<PyAny>>,
     server: Option<Py<PyAny>>,
@@ -246,7 +253,15 @@ impl StreamState {
         if let Some(l) = &self.loop_ {
             visit(l.as_any())?;
         }
-        for o in [&self.sock, &self.protocol, &self.context, &self.server, &self.empty_waiter]
+        for o in [
+            &self.sock,
+            &self.protocol,
+            &self.on_data,
+            &self.on_get_buffer,
+            &self.context,
+            &self.server,
+            &self.empty_waiter,
+        ]
             .into_iter()
             .flatten()
         {
@@ -363,6 +378,22 @@ impl StreamTransport {
         }
     }
 
+    /// Call the cached protocol method (see `on_data`), or look `name` up.
+    fn deliver<'py>(
+        slf: &Bound<'py, Self>,
+        protocol: &Bound<'py, PyAny>,
+        cached: fn(&StreamState) -> &Option<Py<PyAny>>,
+        name: &Bound<'py, pyo3::types::PyString>,
+        args: impl pyo3::call::PyCallArgs<'py>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let method = cached(&*slf.get().st.borrow_mut(py)?).as_ref().map(|m| m.clone_ref(py));
+        match method {
+            Some(m) => m.into_bound(py).call1(args),
+            None => protocol.call_method1(name, args),
+        }
+    }
+
     fn read_ready(slf: &Bound<'_, Self>, drain: bool) -> PyResult<()> {
         let py = slf.py();
         for _ in 0..MAX_READS_PER_EVENT {
@@ -425,20 +456,20 @@ impl StreamTransport {
             }
             return Self::pipe_data_received(slf, protocol, data, more);
         }
-        let called = Self::call_protocol(
-            slf,
-            protocol,
-            intern!(py, "data_received"),
-            (data,),
-            "Fatal error: protocol.data_received() call failed.",
-        )?;
-        Ok(if called.is_some() { Read::Data { more } } else { Read::Failed })
+        match Self::deliver(slf, protocol, |st| &st.on_data, intern!(py, "data_received"), (data,)) {
+            Ok(_) => Ok(Read::Data { more }),
+            Err(e) => {
+                Self::fatal_error(slf, e, "Fatal error: protocol.data_received() call failed.")?;
+                Ok(Read::Failed)
+            }
+        }
     }
 
     fn read_into_protocol(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>, fd: RawFd) -> PyResult<Read> {
         let py = slf.py();
         const GET_BUFFER_FAILED: &str = "Fatal error: protocol.get_buffer() call failed.";
-        let buf = match protocol.call_method1(intern!(py, "get_buffer"), (-1,)).and_then(|b| {
+        let asked = Self::deliver(slf, protocol, |st| &st.on_get_buffer, intern!(py, "get_buffer"), (-1,));
+        let buf = match asked.and_then(|b| {
             if b.len()? == 0 {
                 return Err(PyRuntimeError::new_err("get_buffer() returned an empty buffer"));
             }
@@ -462,14 +493,13 @@ impl StreamTransport {
         match io {
             (Io::Done(0), _) => Ok(Read::Eof),
             (Io::Done(n), capacity) => {
-                let called = Self::call_protocol(
-                    slf,
-                    protocol,
-                    intern!(py, "buffer_updated"),
-                    (n,),
-                    "Fatal error: protocol.buffer_updated() call failed.",
-                )?;
-                Ok(if called.is_some() { Read::Data { more: n == capacity } } else { Read::Failed })
+                match Self::deliver(slf, protocol, |st| &st.on_data, intern!(py, "buffer_updated"), (n,)) {
+                    Ok(_) => Ok(Read::Data { more: n == capacity }),
+                    Err(e) => {
+                        Self::fatal_error(slf, e, "Fatal error: protocol.buffer_updated() call failed.")?;
+                        Ok(Read::Failed)
+                    }
+                }
             }
             (Io::WouldBlock, _) => Ok(Read::Drained),
             (Io::Failed(errno), _) => {
@@ -684,7 +714,7 @@ impl StreamTransport {
         let py = slf.py();
         let (loop_, sock, protocol, server, fd) = {
             let mut st = slf.get().st.borrow_mut(py)?;
-            let protocol = if lost { st.protocol.take() } else { None };
+            let protocol = if lost { (st.protocol.take(), st.on_data.take(), st.on_get_buffer.take()) } else { (None, None, None) };
             let datagrams = st.dgram.as_mut().map(|d| d.take_refs());
             (st.loop_.take(), st.sock.take(), (protocol, datagrams), st.server.take(), st.fd)
         };
@@ -940,14 +970,24 @@ impl StreamTransport {
 
     fn set_protocol(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
+        let kind = slf.get().st.borrow_mut(py)?.kind;
         // asyncio's pipes always call data_received().
-        let socket = slf.get().st.borrow_mut(py)?.kind == Kind::Socket;
-        let buffered = socket && protocol.is_instance(buffered_protocol_type(py)?)?;
+        let buffered = kind == Kind::Socket && protocol.is_instance(buffered_protocol_type(py)?)?;
+        let method = |name: &Bound<'_, pyo3::types::PyString>| protocol.getattr(name).ok().map(Bound::unbind);
+        let (on_data, on_get_buffer) = match kind {
+            _ if buffered => (method(intern!(py, "buffer_updated")), method(intern!(py, "get_buffer"))),
+            Kind::Datagram => (method(intern!(py, "datagram_received")), None),
+            Kind::Socket | Kind::ReadPipe | Kind::WritePipe => (method(intern!(py, "data_received")), None),
+        };
         let old = {
             let mut st = slf.get().st.borrow_mut(py)?;
             st.buffered = buffered;
             st.protocol_connected = true;
-            st.protocol.replace(protocol.clone().unbind())
+            (
+                st.protocol.replace(protocol.clone().unbind()),
+                std::mem::replace(&mut st.on_data, on_data),
+                std::mem::replace(&mut st.on_get_buffer, on_get_buffer),
+            )
         };
         drop(old);
         Ok(())
@@ -1005,6 +1045,16 @@ impl StreamTransport {
     fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         if slf.get().st.borrow_mut(slf.py())?.kind.is_pipe() {
             Self::check_pipe_data(data)?;
+        }
+        // Exact bytes need no buffer view (the common case, and the
+        // cheapest path to the system call).
+        if let Ok(bytes) = data.cast_exact::<PyBytes>() {
+            slf.get().check_writable(slf.py(), "write")?;
+            let b = bytes.as_bytes();
+            if b.is_empty() || Self::count_lost_write(slf)? {
+                return Ok(());
+            }
+            return Self::send_or_buffer(slf, &[b]);
         }
         Self::check_bytes_like(data)?;
         slf.get().check_writable(slf.py(), "write")?;

@@ -189,7 +189,8 @@ impl StreamTransport {
             let received = if native { Self::recv_native(slf, fd)? } else { Self::recv_via_socket(slf)? };
             let delivered = match received {
                 Received::Datagram(data, addr) => {
-                    protocol.call_method1(intern!(py, "datagram_received"), (data, addr)).map(drop)
+                    Self::deliver(slf, &protocol, |st| &st.on_data, intern!(py, "datagram_received"), (data, addr))
+                        .map(drop)
                 }
                 Received::Error(err) => {
                     protocol.call_method1(intern!(py, "error_received"), (err.into_value(py),)).map(drop)

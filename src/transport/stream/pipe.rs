@@ -66,7 +66,7 @@ impl StreamTransport {
         more: bool,
     ) -> PyResult<super::Read> {
         let py = slf.py();
-        match protocol.call_method1(intern!(py, "data_received"), (data,)) {
+        match Self::deliver(slf, protocol, |st| &st.on_data, intern!(py, "data_received"), (data,)) {
             Ok(_) => Ok(super::Read::Data { more }),
             Err(err) => {
                 Self::retry_read(slf)?;
