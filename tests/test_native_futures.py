@@ -385,6 +385,28 @@ def test_task_context(loop):
     assert loop.run_until_complete(main()) == "given"
 
 
+def test_cycles_through_a_task_context_are_collected(loop):
+    # context -> (variable's value) holder -> task -> context: the garbage
+    # collector must see every edge, whoever holds the context.
+    var = contextvars.ContextVar("var")
+
+    class Holder:
+        pass
+
+    async def make_cycle():
+        holder = Holder()
+        holder.task = asyncio.current_task()
+        var.set(holder)
+        return weakref.ref(holder)
+
+    async def main():
+        return await loop.create_task(make_cycle())
+
+    ref = loop.run_until_complete(main())
+    gc.collect()
+    assert ref() is None
+
+
 def test_task_set_result_and_set_exception_are_refused(loop):
     task = loop.create_task(_value(0))
     with pytest.raises(RuntimeError, match="Task does not support set_result operation"):
