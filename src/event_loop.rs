@@ -335,13 +335,16 @@ impl LoopCore {
     /// see it, else let it go.
     #[inline]
     fn retire(py: Python<'_>, cb: Callback) -> PyResult<()> {
-        if let Callback::Handle(handle) = cb {
-            if Handle::can_recycle(&handle, py) {
+        match cb {
+            Callback::Handle(handle) if Handle::can_recycle(&handle, py) => {
                 let emptied = handle.get().recycle(py)?;
                 let unkept = pool_handle(py, handle)?;
                 drop(emptied);
                 drop(unkept);
             }
+            Callback::Handle(handle) => Handle::expose_to_gc(handle.bind(py))?,
+            Callback::Timer(timer) => Handle::expose_to_gc(timer.bind(py).as_super())?,
+            Callback::Native(_) => {}
         }
         Ok(())
     }

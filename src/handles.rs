@@ -290,11 +290,14 @@ impl LoopRef {
     }
 }
 
-/// Handles are deliberately not GC-tracked (no `__traverse__`): tracking
-/// made the collector the main cost of `call_soon`.  To keep user-level
-/// cycles (an object holding its own timer handle whose callback is one of
-/// its methods) collectable, a one-shot handle drops its callback and
-/// arguments once it has run, as every handle does when cancelled.
+/// Handles are deliberately not GC-tracked while queued: tracking made the
+/// collector the main cost of `call_soon`.  To keep user-level cycles (an
+/// object holding its own timer handle whose callback is one of its
+/// methods) collectable, a one-shot handle drops its callback and
+/// arguments once it has run, as every handle does when cancelled; and a
+/// one-shot handle someone still holds after it ran is put on the GC's
+/// list then (`expose_to_gc`), with its context, since its callback may
+/// have set context variables that lead back to it.
 #[pyclass(module = "ferroloop", subclass, frozen, weakref)]
 pub struct Handle {
     slot: GilCell<Slot>,
@@ -380,6 +383,26 @@ impl Handle {
         }
         drop(callable);
         result
+    }
+
+    /// A one-shot handle that ran and that someone else still holds (so it
+    /// is not recycled): track it and its own context copy, whose
+    /// variables the callback may have set to objects leading back to the
+    /// handle -- a cycle the collector must see whole.
+    pub fn expose_to_gc(slf: &Bound<'_, Handle>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        // SAFETY: reading the refcount of a live object we hold.
+        let kept = unsafe { ffi::Py_REFCNT(slf.as_ptr()) } > 1;
+        if !this.oneshot || !kept {
+            return Ok(());
+        }
+        if let Some(ctx) = this.slot.borrow_mut(py)?.context.as_ref() {
+            retrack(ctx.0.as_ptr());
+        }
+        // (The same check-then-track as for contexts.)
+        retrack(slf.as_ptr());
+        Ok(())
     }
 
     /// After a one-shot handle ran (and any slow-callback report used its
@@ -486,6 +509,34 @@ impl Handle {
 
 #[pymethods]
 impl Handle {
+    /// What a tracked handle (see `expose_to_gc`) refers to.
+    fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        let Some(slot) = self.slot.try_peek() else {
+            return Ok(());
+        };
+        if let Some(c) = &slot.callable {
+            visit.call(&c.callback)?;
+            match &c.args {
+                CallArgs::Empty => {}
+                CallArgs::One(a) => visit.call(a)?,
+                CallArgs::Many(t) => visit.call(t)?,
+            }
+        }
+        if let Some(ctx) = &slot.context {
+            visit.call(&ctx.0)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        if let Some(mut slot) = self.slot.try_borrow_for_clear() {
+            let callable = slot.callable.take();
+            let context = slot.context.take();
+            drop(slot);
+            drop((callable, context));
+        }
+    }
+
     #[new]
     #[pyo3(signature = (callback, args, r#loop, context=None))]
     fn py_new(

@@ -5,9 +5,11 @@ the expected behaviour is asyncio's, read from Lib/asyncio/base_events.py
 and events.py of CPython 3.11 to 3.13.
 """
 import contextvars
+import gc
 import sys
 import threading
 import time
+import weakref
 
 import pytest
 
@@ -580,3 +582,43 @@ def test_call_soon_is_introspectable(loop):
 
     params = list(inspect.signature(loop.call_soon).parameters)
     assert params == ["callback", "args", "context"]
+
+
+def test_cycle_through_a_kept_handle_and_its_context_is_collected(loop):
+    # ferroloop keeps queued handles and their context copies off the GC's
+    # list; a handle still held after it ran must be back on it.
+    var = contextvars.ContextVar("var")
+
+    class Holder:
+        pass
+
+    def callback(holder):
+        var.set(holder)  # context -> holder -> handle -> context
+
+    holder = Holder()
+    holder.handle = loop.call_soon(callback, holder)
+    ref = weakref.ref(holder)
+    del holder
+    loop.call_soon(loop.stop)
+    run_until_stopped(loop)
+    gc.collect()
+    assert ref() is None
+
+
+def test_cycle_through_a_kept_timer_handle_is_collected(loop):
+    var = contextvars.ContextVar("var")
+
+    class Holder:
+        pass
+
+    def callback(holder):
+        var.set(holder)
+        loop.stop()
+
+    holder = Holder()
+    holder.handle = loop.call_later(0.001, callback, holder)
+    ref = weakref.ref(holder)
+    del holder
+    run_until_stopped(loop)
+    gc.collect()
+    assert ref() is None
