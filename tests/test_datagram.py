@@ -4,6 +4,7 @@ ferroloop; every test also passes on stock asyncio
 (FERROLOOP_TEST_TARGET=asyncio) unless it says otherwise.
 """
 import asyncio
+import errno
 import logging
 import os
 import socket
@@ -572,3 +573,25 @@ def test_queued_datagrams_to_a_vanished_peer_each_get_an_error(loop, unix_dir):
 
     errors = run(loop, main())
     assert errors and all(isinstance(e, (ConnectionRefusedError, FileNotFoundError)) for e in errors)
+
+
+@pytest.mark.skipif(not on_ferroloop(), reason="asyncio's resume_reading raises on a closed fd instead")
+def test_fd_closed_under_the_transport_ends_it(loop):
+    # Reading resumes on an fd someone closed behind the transport's back:
+    # a fatal error (connection_lost with the OSError), not error_received
+    # over and over.
+    async def main():
+        tr, proto = await loop.create_datagram_endpoint(
+            lambda: Collect(loop), local_addr=('127.0.0.1', 0))
+        await asyncio.sleep(0)
+        tr.pause_reading()
+        os.close(tr.get_extra_info('socket').fileno())
+        tr.resume_reading()
+        exc = await proto.lost
+        sock = tr._sock
+        return exc, proto.errors, sock
+
+    exc, errors, sock = run(loop, main())
+    assert isinstance(exc, OSError) and exc.errno == errno.EBADF
+    assert errors == []
+    assert sock is None

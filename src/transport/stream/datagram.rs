@@ -6,7 +6,8 @@
 //!   `MAX_DATAGRAMS_PER_EVENT`, then the rest next iteration) where asyncio
 //!   receives one per loop iteration; datagram_received() sees them in the
 //!   same order.  An OSError from receiving goes to error_received() and
-//!   reading goes on.
+//!   reading goes on next iteration (EBADF -- the fd closed under the
+//!   transport -- is fatal instead: asyncio's selector would go quiet).
 //! * sendto() sends at once when nothing is queued; a datagram the kernel
 //!   has no room for is queued whole, as bytes, with its address.  An
 //!   OSError from sending goes to error_received(); other errors are fatal.
@@ -192,8 +193,16 @@ impl StreamTransport {
                     Self::deliver(slf, &protocol, |st| &st.on_data, intern!(py, "datagram_received"), (data, addr))
                         .map(drop)
                 }
+                Received::Error(err) if err.value(py).getattr(intern!(py, "errno"))?.eq(libc::EBADF)? => {
+                    // The fd was closed under the transport: asyncio's
+                    // selector would never report it again; end here.
+                    return Self::fatal_error(slf, err, Kind::Datagram.read_failed());
+                }
                 Received::Error(err) => {
-                    protocol.call_method1(intern!(py, "error_received"), (err.into_value(py),)).map(drop)
+                    // Like asyncio, which reads once per iteration: the
+                    // rest (more errors, or datagrams) next iteration.
+                    Self::retry_read(slf)?;
+                    return protocol.call_method1(intern!(py, "error_received"), (err.into_value(py),)).map(drop);
                 }
                 Received::Drained => return Ok(()),
                 Received::Fatal(err) => return Self::fatal_error(slf, err, Kind::Datagram.read_failed()),
