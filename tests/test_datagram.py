@@ -288,6 +288,19 @@ def test_pause_and_resume_reading(loop):
     assert run(loop, main()) == [b'1', b'2', b'3']
 
 
+def bound_unix_sink(path):
+    """A Unix datagram socket bound to `path` that nobody reads from."""
+    sink = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sink.bind(path)
+    return sink
+
+
+def unix_endpoint(loop, path):
+    """A datagram endpoint bound to the Unix path `path`, with a Collect."""
+    return loop.create_datagram_endpoint(
+        lambda: Collect(loop), local_addr=path, family=socket.AF_UNIX)
+
+
 @pytest.fixture
 def unix_dir():
     with tempfile.TemporaryDirectory() as d:
@@ -350,14 +363,11 @@ def test_full_peer_queues_datagrams_with_flow_control_and_close_flushes(loop, un
     # protocol over the high-water mark, and delivers all of them, in
     # order, once the peer reads.
     server_path = os.path.join(unix_dir, 'slow')
-    sink = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sink.bind(server_path)
+    sink = bound_unix_sink(server_path)
     sink.setblocking(False)
 
     async def main():
-        tr, proto = await loop.create_datagram_endpoint(
-            lambda: Collect(loop), local_addr=os.path.join(unix_dir, 'fast'),
-            family=socket.AF_UNIX)
+        tr, proto = await unix_endpoint(loop, os.path.join(unix_dir, 'fast'))
         tr.set_write_buffer_limits(high=4000, low=1000)
         for i in range(300):
             tr.sendto(b'%04d' % i + b'.' * 96, server_path)
@@ -391,13 +401,10 @@ def test_full_peer_queues_datagrams_with_flow_control_and_close_flushes(loop, un
 
 def test_abort_drops_queued_datagrams(loop, unix_dir):
     server_path = os.path.join(unix_dir, 'slow')
-    sink = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sink.bind(server_path)
+    sink = bound_unix_sink(server_path)
 
     async def main():
-        tr, proto = await loop.create_datagram_endpoint(
-            lambda: Collect(loop), local_addr=os.path.join(unix_dir, 'fast'),
-            family=socket.AF_UNIX)
+        tr, proto = await unix_endpoint(loop, os.path.join(unix_dir, 'fast'))
         for i in range(200):
             tr.sendto(b'x' * 100, server_path)
         assert tr.get_write_buffer_size() > 0
@@ -552,13 +559,10 @@ def test_queued_datagrams_to_a_vanished_peer_each_get_an_error(loop, unix_dir):
     # error_received() hears of it, the rest go on being tried (one per
     # iteration, as asyncio's writer does), and close() completes.
     sink_path = os.path.join(unix_dir, 'gone')
-    sink = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sink.bind(sink_path)
+    sink = bound_unix_sink(sink_path)
 
     async def main():
-        tr, proto = await loop.create_datagram_endpoint(
-            lambda: Collect(loop), local_addr=os.path.join(unix_dir, 'src'),
-            family=socket.AF_UNIX)
+        tr, proto = await unix_endpoint(loop, os.path.join(unix_dir, 'src'))
         n = 0
         while tr.get_write_buffer_size() == 0:
             tr.sendto(b'x' * 100, sink_path)

@@ -41,7 +41,7 @@ use pyo3::{PyTraverseError, PyVisit};
 
 use super::buffer::WriteBuffer;
 use super::sys::{
-    grow_pipe, os_error, read_bytes, read_raw, shutdown_write, write, write_vectored, BufferView, Io, RecvError,
+    grow_pipe, os_error, read_bytes, read_raw, shutdown_write, write, write_vectored, with_bytes, BufferView, Io, RecvError,
     WriteCall,
 };
 use crate::event_loop::LoopCore;
@@ -372,7 +372,17 @@ impl StreamTransport {
         args: impl pyo3::call::PyCallArgs<'py>,
         message: &str,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
-        match protocol.call_method1(name, args) {
+        Self::fatal_on_error(slf, protocol.call_method1(name, args), message)
+    }
+
+    /// A protocol call's outcome: its exception (other than SystemExit and
+    /// KeyboardInterrupt) becomes a fatal error with `message` (Ok(None)).
+    fn fatal_on_error<'py>(
+        slf: &Bound<'py, Self>,
+        outcome: PyResult<Bound<'py, PyAny>>,
+        message: &str,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        match outcome {
             Ok(v) => Ok(Some(v)),
             Err(e) => Self::fatal_error(slf, e, message).map(|()| None),
         }
@@ -456,13 +466,12 @@ impl StreamTransport {
             }
             return Self::pipe_data_received(slf, protocol, data, more);
         }
-        match Self::deliver(slf, protocol, |st| &st.on_data, intern!(py, "data_received"), (data,)) {
-            Ok(_) => Ok(Read::Data { more }),
-            Err(e) => {
-                Self::fatal_error(slf, e, "Fatal error: protocol.data_received() call failed.")?;
-                Ok(Read::Failed)
-            }
-        }
+        let called = Self::fatal_on_error(
+            slf,
+            Self::deliver(slf, protocol, |st| &st.on_data, intern!(py, "data_received"), (data,)),
+            "Fatal error: protocol.data_received() call failed.",
+        )?;
+        Ok(if called.is_some() { Read::Data { more } } else { Read::Failed })
     }
 
     fn read_into_protocol(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>, fd: RawFd) -> PyResult<Read> {
@@ -493,13 +502,12 @@ impl StreamTransport {
         match io {
             (Io::Done(0), _) => Ok(Read::Eof),
             (Io::Done(n), capacity) => {
-                match Self::deliver(slf, protocol, |st| &st.on_data, intern!(py, "buffer_updated"), (n,)) {
-                    Ok(_) => Ok(Read::Data { more: n == capacity }),
-                    Err(e) => {
-                        Self::fatal_error(slf, e, "Fatal error: protocol.buffer_updated() call failed.")?;
-                        Ok(Read::Failed)
-                    }
-                }
+                let called = Self::fatal_on_error(
+                    slf,
+                    Self::deliver(slf, protocol, |st| &st.on_data, intern!(py, "buffer_updated"), (n,)),
+                    "Fatal error: protocol.buffer_updated() call failed.",
+                )?;
+                Ok(if called.is_some() { Read::Data { more: n == capacity } } else { Read::Failed })
             }
             (Io::WouldBlock, _) => Ok(Read::Drained),
             (Io::Failed(errno), _) => {
@@ -1046,23 +1054,14 @@ impl StreamTransport {
         if slf.get().st.borrow_mut(slf.py())?.kind.is_pipe() {
             Self::check_pipe_data(data)?;
         }
-        // Exact bytes need no buffer view (the common case, and the
-        // cheapest path to the system call).
-        if let Ok(bytes) = data.cast_exact::<PyBytes>() {
-            slf.get().check_writable(slf.py(), "write")?;
-            let b = bytes.as_bytes();
+        Self::check_bytes_like(data)?;
+        slf.get().check_writable(slf.py(), "write")?;
+        with_bytes(data, |b| {
             if b.is_empty() || Self::count_lost_write(slf)? {
                 return Ok(());
             }
-            return Self::send_or_buffer(slf, &[b]);
-        }
-        Self::check_bytes_like(data)?;
-        slf.get().check_writable(slf.py(), "write")?;
-        let view = BufferView::get(data, false)?;
-        if view.len() == 0 || Self::count_lost_write(slf)? {
-            return Ok(());
-        }
-        Self::send_or_buffer(slf, &[view.as_slice()])
+            Self::send_or_buffer(slf, &[b])
+        })?
     }
 
     fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {

@@ -227,6 +227,17 @@ impl<'py> BufferView<'py> {
     }
 }
 
+/// Run `f` on the bytes of a bytes-like object: exact bytes directly (the
+/// common case, without the buffer protocol), anything else through a
+/// `BufferView`.
+pub fn with_bytes<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult<R> {
+    if let Ok(b) = data.cast_exact::<pyo3::types::PyBytes>() {
+        return Ok(f(b.as_bytes()));
+    }
+    let view = BufferView::get(data, false)?;
+    Ok(f(view.as_slice()))
+}
+
 impl Drop for BufferView<'_> {
     fn drop(&mut self) {
         // SAFETY: `view` was filled by PyObject_GetBuffer and is released

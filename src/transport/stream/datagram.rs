@@ -29,7 +29,7 @@ use super::{Kind, StreamState, StreamTransport, LOG_THRESHOLD_FOR_CONNLOST_WRITE
 use crate::event_loop::LoopCore;
 use crate::hooks::call_hook;
 use crate::transport::sockaddr::{family_supported, to_python, AddrCache, SockAddr};
-use crate::transport::sys::{os_error, recv_from, send_to, socket_type, BufferView, Io};
+use crate::transport::sys::{os_error, recv_from, send_to, socket_type, with_bytes, Io};
 
 /// Datagrams one readiness report may receive before letting other
 /// callbacks run (the rest are received next iteration).
@@ -120,16 +120,6 @@ enum Sent {
     Fatal(PyErr),
 }
 
-/// Run `f` on the bytes of a bytes-like object (exact bytes without the
-/// buffer protocol).
-fn with_bytes<R>(data: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult<R> {
-    if let Ok(b) = data.cast_exact::<PyBytes>() {
-        return Ok(f(b.as_bytes()));
-    }
-    let view = BufferView::get(data, false)?;
-    Ok(f(view.as_slice()))
-}
-
 /// How a Python call on the socket failed, as asyncio sorts it.
 fn sort_error(py: Python<'_>, err: PyErr) -> Result<PyErr, PyErr> {
     if err.is_instance_of::<PyBlockingIOError>(py) || err.is_instance_of::<PyInterruptedError>(py) {
@@ -202,7 +192,7 @@ impl StreamTransport {
                     // Like asyncio, which reads once per iteration: the
                     // rest (more errors, or datagrams) next iteration.
                     Self::retry_read(slf)?;
-                    return protocol.call_method1(intern!(py, "error_received"), (err.into_value(py),)).map(drop);
+                    return Self::error_received(slf, err);
                 }
                 Received::Drained => return Ok(()),
                 Received::Fatal(err) => return Self::fatal_error(slf, err, Kind::Datagram.read_failed()),
@@ -316,7 +306,8 @@ impl StreamTransport {
         })
     }
 
-    /// A send's OSError goes to the protocol's error_received().
+    /// An OSError from receiving or sending goes to the protocol's
+    /// error_received().
     fn error_received(slf: &Bound<'_, Self>, err: PyErr) -> PyResult<()> {
         let py = slf.py();
         if let Some(p) = slf.get().protocol_of(py)? {
@@ -377,9 +368,9 @@ impl StreamTransport {
             }
         }
         // Queue an immutable copy (bytes are kept as they are).
-        let data = match data.cast::<PyBytes>() {
-            Ok(b) if b.is_exact_instance_of::<PyBytes>() => b.clone().unbind(),
-            _ => PyBytes::new(py, BufferView::get(data, false)?.as_slice()).unbind(),
+        let data = match data.cast_exact::<PyBytes>() {
+            Ok(b) => b.clone().unbind(),
+            Err(_) => with_bytes(data, |b| PyBytes::new(py, b).unbind())?,
         };
         {
             let mut st = slf.get().st.borrow_mut(py)?;
