@@ -756,6 +756,9 @@ impl LoopCore {
     }
 }
 
+/// An fd's reader and writer handles, each None when not watched.
+type FdHandlers = (Option<Py<Handle>>, Option<Py<Handle>>);
+
 #[pymethods]
 impl LoopCore {
     #[new]
@@ -839,7 +842,7 @@ impl LoopCore {
 
     /// (reader handle or None, writer handle or None) for `fd`, for the
     /// selector view that asyncio's transports use in their repr.
-    fn _fd_handlers(&self, py: Python<'_>, fd: RawFd) -> PyResult<(Option<Py<Handle>>, Option<Py<Handle>>)> {
+    fn _fd_handlers(&self, py: Python<'_>, fd: RawFd) -> PyResult<FdHandlers> {
         let st = self.state.borrow_mut(py)?;
         Ok((
             st.readers.get(&fd).map(|h| h.clone_ref(py)),

@@ -22,6 +22,7 @@ import collections.abc
 import errno
 import selectors
 import signal
+import socket
 import sys
 import threading
 import weakref
@@ -276,6 +277,35 @@ class Loop(_ferroloop.LoopCore, unix_events.SelectorEventLoop):
     def sock_sendall(self, sock, data):
         """Send all of data to the non-blocking socket sock."""
         return _ferroloop.SockOp.sendall(self, sock, data)
+
+    def sock_recvfrom(self, sock, bufsize):
+        """Receive a datagram: (bytes, address)."""
+        return _ferroloop.SockOp.recvfrom(self, sock, bufsize)
+
+    def sock_recvfrom_into(self, sock, buf, nbytes=0):
+        """Receive a datagram into buf: (nbytes, address)."""
+        return _ferroloop.SockOp.recvfrom_into(self, sock, buf, nbytes)
+
+    def sock_sendto(self, sock, data, address):
+        """Send a datagram to address; return the number of bytes sent."""
+        return _ferroloop.SockOp.sendto(self, sock, data, address)
+
+    def sock_accept(self, sock):
+        """Accept a connection: (conn, address), conn non-blocking."""
+        return _ferroloop.SockOp.accept(self, sock)
+
+    async def sock_connect(self, sock, address):
+        """Connect sock to address (resolved first, as asyncio does)."""
+        base_events._check_ssl_socket(sock)
+        if self._debug and sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+        if sock.family == socket.AF_INET or (
+                base_events._HAS_IPv6 and sock.family == socket.AF_INET6):
+            resolved = await self._ensure_resolved(
+                address, family=sock.family, type=sock.type, proto=sock.proto,
+                loop=self)
+            _, _, _, _, address = resolved[0]
+        return await _ferroloop.SockOp.connect(self, sock, address)
 
     async def _sendfile_native(self, transp, file, offset, count):
         if not isinstance(transp, SocketTransport):

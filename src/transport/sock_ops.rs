@@ -1,6 +1,8 @@
-//! `loop.sock_recv`, `sock_recv_into` and `sock_sendall` as native
-//! coroutines: asyncio's `async def` methods of selector_events.py, step for
-//! step, without their Python frames, `functools.partial` and callbacks.
+//! `loop.sock_recv`, `sock_recv_into`, `sock_sendall`, `sock_recvfrom`,
+//! `sock_recvfrom_into`, `sock_sendto`, `sock_accept` and the connecting
+//! half of `sock_connect` as native coroutines: asyncio's `async def`
+//! methods of selector_events.py, step for step, without their Python
+//! frames, `functools.partial` and callbacks.
 //!
 //! A `SockOp` is what `loop.sock_recv(sock, n)` returns: it is awaited (or
 //! wrapped in a task) like the coroutine asyncio returns, and is registered
@@ -21,18 +23,32 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyMemoryView, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 
-use super::sys::{os_error, read_bytes, read_raw, socket_type, write, BufferView, Io, RecvError, WriteCall};
+use super::sockaddr::{family_supported, from_python, to_python, SockAddr};
+use super::sys::{
+    os_error, read_bytes, read_raw, recv_from_bytes, recv_from_raw, send_to, socket_family, socket_type, write,
+    BufferView, Io, RecvError, WriteCall,
+};
 use crate::event_loop::LoopCore;
 use crate::gil_cell::GilCell;
 use crate::handles::Handle;
 
-/// The operation and its arguments.
+/// The operation and its arguments.  (Sizes given by the caller stay
+/// Python objects until the call: asyncio passes them to the socket's
+/// methods as they are, so their errors come when the coroutine runs.)
 enum Op {
     Recv { n: usize },
     RecvInto { buf: Py<PyAny> },
     /// `data` is held through a memoryview (as asyncio does), so a
     /// bytearray cannot be resized while it is being sent.
     SendAll { data: Py<PyAny>, sent: usize },
+    RecvFrom { n: Py<PyAny> },
+    /// `n` 0 means the whole buffer (asyncio replaces it with `len(buf)`
+    /// when the coroutine starts).
+    RecvFromInto { buf: Py<PyAny>, n: Py<PyAny> },
+    SendTo { data: Py<PyAny>, addr: Py<PyAny> },
+    Accept,
+    /// The address is already resolved (by `Loop.sock_connect`).
+    Connect { addr: Py<PyAny> },
 }
 
 impl Op {
@@ -41,11 +57,36 @@ impl Op {
             Op::Recv { .. } => "sock_recv",
             Op::RecvInto { .. } => "sock_recv_into",
             Op::SendAll { .. } => "sock_sendall",
+            Op::RecvFrom { .. } => "sock_recvfrom",
+            Op::RecvFromInto { .. } => "sock_recvfrom_into",
+            Op::SendTo { .. } => "sock_sendto",
+            Op::Accept => "sock_accept",
+            Op::Connect { .. } => "sock_connect",
         }
     }
 
     fn wants_write(&self) -> bool {
-        matches!(self, Op::SendAll { .. })
+        matches!(self, Op::SendAll { .. } | Op::SendTo { .. } | Op::Connect { .. })
+    }
+
+    /// asyncio makes these calls through the socket's methods only: a new
+    /// socket object (accept) or a connect's errors are the socket
+    /// module's business, and neither is a per-message cost.
+    fn always_via_methods(&self) -> bool {
+        matches!(self, Op::Accept | Op::Connect { .. })
+    }
+
+    fn refs(&self) -> impl Iterator<Item = &Py<PyAny>> {
+        let (a, b) = match self {
+            Op::RecvInto { buf } => (Some(buf), None),
+            Op::SendAll { data, .. } => (Some(data), None),
+            Op::RecvFrom { n } => (Some(n), None),
+            Op::RecvFromInto { buf, n } => (Some(buf), Some(n)),
+            Op::SendTo { data, addr } => (Some(data), Some(addr)),
+            Op::Connect { addr } => (Some(addr), None),
+            Op::Recv { .. } | Op::Accept => (None, None),
+        };
+        a.into_iter().chain(b)
     }
 }
 
@@ -64,8 +105,13 @@ struct OpState {
     op: Op,
     phase: Phase,
     fd: RawFd,
+    /// The socket's address family (plain sockets; for sendto's address).
+    family: i32,
     /// Call the socket's own recv/recv_into/send (see `check`).
     via_methods: bool,
+    /// The first attempt was made: a sendto retries as `sendto(data, 0,
+    /// addr)`, a connect in progress asks SO_ERROR (as asyncio does).
+    retrying: bool,
     fut: Option<Py<PyAny>>,
     handle: Option<Py<PyAny>>,
 }
@@ -75,20 +121,44 @@ enum Args {
     Recv(usize),
     Into(Py<PyAny>),
     Send(Py<PyAny>, usize),
+    RecvFrom(Py<PyAny>),
+    RecvFromInto(Py<PyAny>, Py<PyAny>),
+    SendTo { data: Py<PyAny>, addr: Py<PyAny>, retry: bool },
+    Accept,
+    Connect { addr: Py<PyAny>, in_progress: bool },
 }
 
-/// The socket method and argument for `Args` (sendall: the unsent rest).
-fn args_to_call(py: Python<'_>, args: Args) -> PyResult<(&'static str, Py<PyAny>, Option<usize>)> {
-    Ok(match args {
-        Args::Recv(n) => ("recv", n.into_pyobject(py)?.into_any().unbind(), None),
-        Args::Into(buf) => ("recv_into", buf, None),
-        Args::Send(data, sent) => {
-            let view = PyMemoryView::from(data.bind(py))?;
-            let rest = view.get_item(pyo3::types::PySlice::new(py, sent as isize, isize::MAX, 1))?;
-            let len = rest.len()?;
-            ("send", rest.unbind(), Some(len))
+impl Args {
+    fn of(op: &Op, retrying: bool, py: Python<'_>) -> Args {
+        match op {
+            Op::Recv { n } => Args::Recv(*n),
+            Op::RecvInto { buf } => Args::Into(buf.clone_ref(py)),
+            Op::SendAll { data, sent } => Args::Send(data.clone_ref(py), *sent),
+            Op::RecvFrom { n } => Args::RecvFrom(n.clone_ref(py)),
+            Op::RecvFromInto { buf, n } => Args::RecvFromInto(buf.clone_ref(py), n.clone_ref(py)),
+            Op::SendTo { data, addr } => {
+                Args::SendTo { data: data.clone_ref(py), addr: addr.clone_ref(py), retry: retrying }
+            }
+            Op::Accept => Args::Accept,
+            Op::Connect { addr } => Args::Connect { addr: addr.clone_ref(py), in_progress: retrying },
         }
-    })
+    }
+}
+
+/// A size argument the native path takes: an exact int (anything else goes
+/// to the socket's method, which converts it or raises as Python does).
+fn exact_size(obj: &Bound<'_, PyAny>) -> Option<isize> {
+    if obj.is_exact_instance_of::<pyo3::types::PyInt>() {
+        obj.extract().ok()
+    } else {
+        None
+    }
+}
+
+/// The errors asyncio's socket calls treat as "try again when ready".
+fn is_would_block(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<pyo3::exceptions::PyBlockingIOError>(py)
+        || err.is_instance_of::<pyo3::exceptions::PyInterruptedError>(py)
 }
 
 /// What one attempt at the system call came to.
@@ -120,7 +190,9 @@ impl SockOp {
                 op,
                 phase: Phase::Start,
                 fd: -1,
+                family: libc::AF_UNSPEC,
                 via_methods: true,
+                retrying: false,
                 fut: None,
                 handle: None,
             }),
@@ -130,18 +202,14 @@ impl SockOp {
     /// The system call once, straight on the fd.  (No borrow is held while
     /// Python runs: getting a buffer may call back into Python.)
     fn attempt(&self, py: Python<'_>) -> PyResult<Attempt> {
-        let (fd, args, sock) = {
+        let (fd, family, args, sock) = {
             let st = self.st.borrow_mut(py)?;
-            let args = match &st.op {
-                Op::Recv { n } => Args::Recv(*n),
-                Op::RecvInto { buf } => Args::Into(buf.clone_ref(py)),
-                Op::SendAll { data, sent } => Args::Send(data.clone_ref(py), *sent),
-            };
+            let args = Args::of(&st.op, st.retrying, py);
             let sock = if st.via_methods { st.sock.as_ref().map(|s| s.clone_ref(py)) } else { None };
-            (st.fd, args, sock)
+            (st.fd, st.family, args, sock)
         };
         if let Some(sock) = sock {
-            return self.attempt_via_methods(sock.bind(py), args_to_call(py, args)?);
+            return self.attempt_via_methods(sock.bind(py), args);
         }
         match args {
             Args::Recv(n) => match read_bytes(py, fd, n) {
@@ -177,24 +245,102 @@ impl SockOp {
                 }
                 Ok(Attempt::WouldBlock)
             }
+            Args::RecvFrom(n) => {
+                let Some(n) = exact_size(n.bind(py)) else {
+                    return self.attempt_via_methods(self.sock(py)?.bind(py), Args::RecvFrom(n));
+                };
+                let n = usize::try_from(n).map_err(|_| PyValueError::new_err("negative buffersize in recvfrom"))?;
+                match recv_from_bytes(py, fd, n) {
+                    Ok((data, from)) => Ok(Attempt::Done((data, to_python(py, &from)?).into_pyobject(py)?.into_any().unbind())),
+                    Err(RecvError::WouldBlock) => Ok(Attempt::WouldBlock),
+                    Err(RecvError::Failed(err)) => Err(err),
+                }
+            }
+            Args::RecvFromInto(buf, n) => {
+                let Some(n) = exact_size(n.bind(py)) else {
+                    return self.attempt_via_methods(self.sock(py)?.bind(py), Args::RecvFromInto(buf, n));
+                };
+                let n = usize::try_from(n).map_err(|_| PyValueError::new_err("negative buffersize in recvfrom_into"))?;
+                let view = BufferView::get(buf.bind(py), true)?;
+                // The socket module's rules: 0 is the whole buffer, more
+                // than the buffer is an error.
+                let n = if n == 0 { view.len() } else { n };
+                if n > view.len() {
+                    return Err(PyValueError::new_err("nbytes is greater than the length of the buffer"));
+                }
+                let mut from = SockAddr::empty();
+                // SAFETY: a writable view of at least `n` bytes, held until
+                // the end of this block.
+                match unsafe { recv_from_raw(fd, view.as_mut_ptr(), n, &mut from) } {
+                    Io::Done(got) => Ok(Attempt::Done((got, to_python(py, &from)?).into_pyobject(py)?.into_any().unbind())),
+                    Io::WouldBlock => Ok(Attempt::WouldBlock),
+                    Io::Failed(errno) => Err(os_error(py, errno)),
+                }
+            }
+            Args::SendTo { data, addr, retry } => {
+                let Some(to) = from_python(family, addr.bind(py)) else {
+                    return self.attempt_via_methods(self.sock(py)?.bind(py), Args::SendTo { data, addr, retry });
+                };
+                let view = BufferView::get(data.bind(py), false)?;
+                match send_to(fd, view.as_slice(), Some(&to)) {
+                    Io::Done(n) => Ok(Attempt::Done(n.into_pyobject(py)?.into_any().unbind())),
+                    Io::WouldBlock => Ok(Attempt::WouldBlock),
+                    Io::Failed(errno) => Err(os_error(py, errno)),
+                }
+            }
+            // (Always through the socket's methods: see Op.)
+            Args::Accept | Args::Connect { .. } => self.attempt_via_methods(self.sock(py)?.bind(py), args),
         }
     }
 
-    /// The attempt through the socket's Python methods.
-    fn attempt_via_methods(
-        &self,
-        sock: &Bound<'_, PyAny>,
-        (method, arg, send_len): (&'static str, Py<PyAny>, Option<usize>),
-    ) -> PyResult<Attempt> {
+    fn sock(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        match &self.st.borrow_mut(py)?.sock {
+            Some(s) => Ok(s.clone_ref(py)),
+            None => Err(PyRuntimeError::new_err("cannot reuse already awaited coroutine")),
+        }
+    }
+
+    /// The attempt through the socket's Python methods, as asyncio makes it.
+    fn attempt_via_methods(&self, sock: &Bound<'_, PyAny>, args: Args) -> PyResult<Attempt> {
         let py = sock.py();
-        let result = match sock.call_method1(method, (arg,)) {
-            Ok(r) => r,
-            Err(e)
-                if e.is_instance_of::<pyo3::exceptions::PyBlockingIOError>(py)
-                    || e.is_instance_of::<pyo3::exceptions::PyInterruptedError>(py) =>
-            {
-                return Ok(Attempt::WouldBlock)
+        let mut send_len = None;
+        let called = match args {
+            Args::Recv(n) => sock.call_method1(intern!(py, "recv"), (n,)),
+            Args::Into(buf) => sock.call_method1(intern!(py, "recv_into"), (buf,)),
+            Args::Send(data, sent) => {
+                let view = PyMemoryView::from(data.bind(py))?;
+                let rest = view.get_item(pyo3::types::PySlice::new(py, sent as isize, isize::MAX, 1))?;
+                send_len = Some(rest.len()?);
+                sock.call_method1(intern!(py, "send"), (rest,))
             }
+            Args::RecvFrom(n) => sock.call_method1(intern!(py, "recvfrom"), (n,)),
+            Args::RecvFromInto(buf, n) => sock.call_method1(intern!(py, "recvfrom_into"), (buf, n)),
+            Args::SendTo { data, addr, retry: false } => sock.call_method1(intern!(py, "sendto"), (data, addr)),
+            Args::SendTo { data, addr, retry: true } => sock.call_method1(intern!(py, "sendto"), (data, 0, addr)),
+            Args::Accept => sock.call_method0(intern!(py, "accept")).and_then(|pair| {
+                let conn = pair.get_item(0)?;
+                conn.call_method1(intern!(py, "setblocking"), (false,))?;
+                Ok(pair)
+            }),
+            Args::Connect { addr, in_progress: false } => sock.call_method1(intern!(py, "connect"), (addr,)),
+            Args::Connect { addr, in_progress: true } => {
+                let err: i32 = sock
+                    .call_method1(intern!(py, "getsockopt"), (libc::SOL_SOCKET, libc::SO_ERROR))
+                    .and_then(|e| e.extract())
+                    .or_else(|e| if is_would_block(py, &e) { Ok(-1) } else { Err(e) })?;
+                match err {
+                    -1 => return Ok(Attempt::WouldBlock),
+                    0 => Ok(py.None().into_bound(py)),
+                    errno => {
+                        let message = format!("Connect call failed {}", addr.bind(py).str()?);
+                        Err(pyo3::exceptions::PyOSError::new_err((errno, message)))
+                    }
+                }
+            }
+        };
+        let result = match called {
+            Ok(r) => r,
+            Err(e) if is_would_block(py, &e) => return Ok(Attempt::WouldBlock),
             Err(e) => return Err(e),
         };
         let Some(len) = send_len else {
@@ -242,7 +388,12 @@ impl SockOp {
         let plain = sock.get_type().is(socket_type(py)?);
         let mut st = self.st.borrow_mut(py)?;
         st.fd = fd;
-        st.via_methods = !(plain && non_blocking && fd >= 0);
+        st.via_methods = !(plain && non_blocking && fd >= 0) || st.op.always_via_methods();
+        if !st.via_methods && matches!(st.op, Op::SendTo { .. } | Op::RecvFrom { .. } | Op::RecvFromInto { .. }) {
+            // Addresses are converted natively for these families only.
+            st.family = socket_family(fd);
+            st.via_methods = !family_supported(st.family);
+        }
         Ok(loop_)
     }
 
@@ -251,6 +402,7 @@ impl SockOp {
         let py = slf.py();
         let this = slf.get();
         let loop_ = this.check(py)?;
+        this.default_recvfrom_into_size(py)?;
         if let Attempt::Done(value) = this.attempt(py)? {
             return Err(Self::finish(this, py, value));
         }
@@ -282,9 +434,27 @@ impl SockOp {
             st.fut = Some(fut.clone().unbind());
             st.handle = Some(handle.unbind());
             st.phase = Phase::Waiting;
+            st.retrying = true;
         }
         fut.setattr(intern!(py, "_asyncio_future_blocking"), true)?;
         Ok(fut.unbind())
+    }
+
+    /// sock_recvfrom_into's `if not nbytes: nbytes = len(buf)`, made where
+    /// asyncio makes it (so `len` counts a typed buffer's items, as there).
+    fn default_recvfrom_into_size(&self, py: Python<'_>) -> PyResult<()> {
+        let (buf, n) = match &self.st.borrow_mut(py)?.op {
+            Op::RecvFromInto { buf, n } => (buf.clone_ref(py), n.clone_ref(py)),
+            _ => return Ok(()),
+        };
+        if n.bind(py).is_truthy()? {
+            return Ok(());
+        }
+        let len = buf.bind(py).len()?.into_pyobject(py)?.into_any().unbind();
+        if let Op::RecvFromInto { n, .. } = &mut self.st.borrow_mut(py)?.op {
+            *n = len;
+        }
+        Ok(())
     }
 
     /// Finish with `value`: the StopIteration that returns it.
@@ -411,6 +581,47 @@ impl SockOp {
         SockOp::new(r#loop, sock, Op::SendAll { data: data.clone().unbind(), sent: 0 })
     }
 
+    /// `loop.sock_recvfrom(sock, bufsize)`.
+    #[staticmethod]
+    fn recvfrom(r#loop: &Bound<'_, PyAny>, sock: &Bound<'_, PyAny>, bufsize: &Bound<'_, PyAny>) -> SockOp {
+        SockOp::new(r#loop, sock, Op::RecvFrom { n: bufsize.clone().unbind() })
+    }
+
+    /// `loop.sock_recvfrom_into(sock, buf, nbytes=0)`.
+    #[staticmethod]
+    fn recvfrom_into(
+        r#loop: &Bound<'_, PyAny>,
+        sock: &Bound<'_, PyAny>,
+        buf: &Bound<'_, PyAny>,
+        nbytes: &Bound<'_, PyAny>,
+    ) -> SockOp {
+        SockOp::new(r#loop, sock, Op::RecvFromInto { buf: buf.clone().unbind(), n: nbytes.clone().unbind() })
+    }
+
+    /// `loop.sock_sendto(sock, data, address)`.
+    #[staticmethod]
+    fn sendto(
+        r#loop: &Bound<'_, PyAny>,
+        sock: &Bound<'_, PyAny>,
+        data: &Bound<'_, PyAny>,
+        address: &Bound<'_, PyAny>,
+    ) -> SockOp {
+        SockOp::new(r#loop, sock, Op::SendTo { data: data.clone().unbind(), addr: address.clone().unbind() })
+    }
+
+    /// `loop.sock_accept(sock)`.
+    #[staticmethod]
+    fn accept(r#loop: &Bound<'_, PyAny>, sock: &Bound<'_, PyAny>) -> SockOp {
+        SockOp::new(r#loop, sock, Op::Accept)
+    }
+
+    /// The connecting half of `loop.sock_connect(sock, address)`, once the
+    /// address is resolved.
+    #[staticmethod]
+    fn connect(r#loop: &Bound<'_, PyAny>, sock: &Bound<'_, PyAny>, address: &Bound<'_, PyAny>) -> SockOp {
+        SockOp::new(r#loop, sock, Op::Connect { addr: address.clone().unbind() })
+    }
+
     fn __await__(slf: Py<Self>) -> Py<Self> {
         slf
     }
@@ -485,14 +696,10 @@ impl SockOp {
         let Some(st) = self.st.try_peek() else {
             return Ok(());
         };
-        for o in [&st.loop_, &st.sock, &st.fut, &st.handle].into_iter().flatten() {
+        for o in [&st.loop_, &st.sock, &st.fut, &st.handle].into_iter().flatten().chain(st.op.refs()) {
             visit.call(o)?;
         }
-        match &st.op {
-            Op::RecvInto { buf } => visit.call(buf),
-            Op::SendAll { data, .. } => visit.call(data),
-            Op::Recv { .. } => Ok(()),
-        }
+        Ok(())
     }
 
     fn __clear__(&self) {

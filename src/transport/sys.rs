@@ -108,13 +108,21 @@ pub fn write_vectored(fd: RawFd, parts: &[&[u8]], how: WriteCall) -> Io {
 /// address goes to `from` (left empty -- length 0 -- when the socket
 /// reports none).
 pub fn recv_from(fd: RawFd, buf: &mut [u8], from: &mut SockAddr) -> Io {
+    // SAFETY: `buf` is a live writable slice of `buf.len()` bytes.
+    unsafe { recv_from_raw(fd, buf.as_mut_ptr(), buf.len(), from) }
+}
+
+/// `recv_from` into a raw buffer.
+///
+/// # Safety
+/// `buf` must be valid for writes of `len` bytes.
+pub unsafe fn recv_from_raw(fd: RawFd, buf: *mut u8, len: usize, from: &mut SockAddr) -> Io {
     loop {
         *from = SockAddr::empty();
         let (addr, addr_len) = from.as_mut_parts();
-        // SAFETY: `buf` is a live writable slice of `buf.len()` bytes;
-        // `addr`/`addr_len` point into `from`, whose storage is as large as
-        // `*addr_len` says.
-        let n = unsafe { libc::recvfrom(fd, buf.as_mut_ptr().cast(), buf.len(), 0, addr, addr_len) };
+        // SAFETY: the caller guarantees `buf`/`len`; `addr`/`addr_len` point
+        // into `from`, whose storage is as large as `*addr_len` says.
+        let n = unsafe { libc::recvfrom(fd, buf.cast(), len, 0, addr, addr_len) };
         if let Some(io) = classify(n) {
             return io;
         }
@@ -137,6 +145,22 @@ pub fn send_to(fd: RawFd, data: &[u8], to: Option<&SockAddr>) -> Io {
         if let Some(io) = classify(n) {
             return io;
         }
+    }
+}
+
+/// A socket's address family (`SO_DOMAIN`), AF_UNSPEC if it cannot be had.
+pub fn socket_family(fd: RawFd) -> i32 {
+    let mut family: libc::c_int = libc::AF_UNSPEC;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `family`/`len` are a live c_int and its size; a bad fd is an
+    // errno, which leaves `family` AF_UNSPEC.
+    let rc = unsafe {
+        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_DOMAIN, (&mut family as *mut libc::c_int).cast(), &mut len)
+    };
+    if rc == 0 {
+        family
+    } else {
+        libc::AF_UNSPEC
     }
 }
 
@@ -259,6 +283,32 @@ extern "C" {
 /// from was measured slower, at 100 KiB reads by a third.  `Ok(None)` is
 /// the EOF.
 pub fn read_bytes(py: Python<'_>, fd: RawFd, max: usize) -> Result<Option<Bound<'_, pyo3::types::PyBytes>>, RecvError> {
+    // SAFETY: `fill` is handed a buffer valid for writes of `max` bytes.
+    let data = new_bytes_from(py, max, |buf| unsafe { read_raw(fd, buf, max) })?;
+    Ok(Some(data).filter(|d| !d.as_bytes().is_empty()))
+}
+
+/// `sock.recvfrom(max)` on the fd: one datagram (or stream read) straight
+/// into a new bytes object, with the sender's address (empty when the
+/// socket reports none).  An empty datagram is an empty bytes object.
+pub fn recv_from_bytes(
+    py: Python<'_>,
+    fd: RawFd,
+    max: usize,
+) -> Result<(Bound<'_, pyo3::types::PyBytes>, SockAddr), RecvError> {
+    let mut from = SockAddr::empty();
+    // SAFETY: `fill` is handed a buffer valid for writes of `max` bytes.
+    let data = new_bytes_from(py, max, |buf| unsafe { recv_from_raw(fd, buf, max, &mut from) })?;
+    Ok((data, from))
+}
+
+/// A new bytes object of up to `max` bytes, filled by `fill` (one system
+/// call writing into the buffer it is given) and shrunk to what it wrote.
+fn new_bytes_from<'py>(
+    py: Python<'py>,
+    max: usize,
+    fill: impl FnOnce(*mut u8) -> Io,
+) -> Result<Bound<'py, pyo3::types::PyBytes>, RecvError> {
     // SAFETY: a NULL source makes CPython allocate `max` uninitialised
     // bytes; the result is a new reference or NULL with an exception set.
     let mut obj = unsafe { ffi::PyBytes_FromStringAndSize(std::ptr::null(), max as ffi::Py_ssize_t) };
@@ -266,18 +316,18 @@ pub fn read_bytes(py: Python<'_>, fd: RawFd, max: usize) -> Result<Option<Bound<
         return Err(RecvError::Failed(PyErr::fetch(py)));
     }
     // SAFETY: `obj` is a bytes object of `max` writable bytes that only we
-    // reference (so writing into it is allowed until it is shared).
-    let io = unsafe { read_raw(fd, ffi::PyBytes_AsString(obj).cast(), max) };
-    let n = match io {
-        Io::Done(n) if n > 0 => n,
-        other => {
+    // reference (so writing into it is allowed until it is shared).  (For
+    // max 0 CPython hands out its shared empty bytes, which a fill of 0
+    // bytes does not write to.)
+    let n = match fill(unsafe { ffi::PyBytes_AsString(obj).cast() }) {
+        Io::Done(n) => n.min(max),
+        failed => {
             // SAFETY: we own the reference created above.
             unsafe { ffi::Py_DECREF(obj) };
-            return match other {
-                Io::Done(_) => Ok(None),
-                Io::WouldBlock => Err(RecvError::WouldBlock),
-                Io::Failed(errno) => Err(RecvError::Failed(os_error(py, errno))),
-            };
+            return Err(match failed {
+                Io::Failed(errno) => RecvError::Failed(os_error(py, errno)),
+                _ => RecvError::WouldBlock,
+            });
         }
     };
     // SAFETY: `obj` is an unshared bytes object we own; on failure
@@ -286,7 +336,7 @@ pub fn read_bytes(py: Python<'_>, fd: RawFd, max: usize) -> Result<Option<Bound<
         return Err(RecvError::Failed(PyErr::fetch(py)));
     }
     // SAFETY: `obj` is a valid new reference to a bytes object.
-    Ok(Some(unsafe { Bound::from_owned_ptr(py, obj).cast_into_unchecked() }))
+    Ok(unsafe { Bound::from_owned_ptr(py, obj).cast_into_unchecked() })
 }
 
 /// Free one 1 MiB allocation, so that glibc's malloc keeps the buffers
