@@ -25,8 +25,8 @@ use pyo3::{PyTraverseError, PyVisit};
 
 use super::sockaddr::{family_supported, from_python, to_python, SockAddr};
 use super::sys::{
-    os_error, read_bytes, read_raw, recv_from_bytes, recv_from_raw, send_to, socket_family, socket_type, write,
-    BufferView, Io, RecvError, WriteCall,
+    is_would_block, os_error, read_bytes, read_raw, recv_from_bytes, recv_from_raw, send_to, socket_family,
+    socket_type, with_bytes, write, BufferView, Io, RecvError, WriteCall,
 };
 use crate::event_loop::LoopCore;
 use crate::gil_cell::GilCell;
@@ -74,6 +74,11 @@ impl Op {
     /// module's business, and neither is a per-message cost.
     fn always_via_methods(&self) -> bool {
         matches!(self, Op::Accept | Op::Connect { .. })
+    }
+
+    /// The native call takes or gives a socket address.
+    fn converts_addresses(&self) -> bool {
+        matches!(self, Op::RecvFrom { .. } | Op::RecvFromInto { .. } | Op::SendTo { .. })
     }
 
     fn refs(&self) -> impl Iterator<Item = &Py<PyAny>> {
@@ -155,10 +160,8 @@ fn exact_size(obj: &Bound<'_, PyAny>) -> Option<isize> {
     }
 }
 
-/// The errors asyncio's socket calls treat as "try again when ready".
-fn is_would_block(py: Python<'_>, err: &PyErr) -> bool {
-    err.is_instance_of::<pyo3::exceptions::PyBlockingIOError>(py)
-        || err.is_instance_of::<pyo3::exceptions::PyInterruptedError>(py)
+fn reused() -> PyErr {
+    PyRuntimeError::new_err("cannot reuse already awaited coroutine")
 }
 
 /// What one attempt at the system call came to.
@@ -202,14 +205,14 @@ impl SockOp {
     /// The system call once, straight on the fd.  (No borrow is held while
     /// Python runs: getting a buffer may call back into Python.)
     fn attempt(&self, py: Python<'_>) -> PyResult<Attempt> {
-        let (fd, family, args, sock) = {
+        let (fd, family, args, via_methods, sock) = {
             let st = self.st.borrow_mut(py)?;
-            let args = Args::of(&st.op, st.retrying, py);
-            let sock = if st.via_methods { st.sock.as_ref().map(|s| s.clone_ref(py)) } else { None };
-            (st.fd, st.family, args, sock)
+            let sock = st.sock.as_ref().ok_or_else(reused)?.clone_ref(py);
+            (st.fd, st.family, Args::of(&st.op, st.retrying, py), st.via_methods, sock)
         };
-        if let Some(sock) = sock {
-            return self.attempt_via_methods(sock.bind(py), args);
+        let sock = sock.bind(py);
+        if via_methods {
+            return self.attempt_via_methods(sock, args);
         }
         match args {
             Args::Recv(n) => match read_bytes(py, fd, n) {
@@ -247,7 +250,7 @@ impl SockOp {
             }
             Args::RecvFrom(n) => {
                 let Some(n) = exact_size(n.bind(py)) else {
-                    return self.attempt_via_methods(self.sock(py)?.bind(py), Args::RecvFrom(n));
+                    return self.attempt_via_methods(sock, Args::RecvFrom(n));
                 };
                 let n = usize::try_from(n).map_err(|_| PyValueError::new_err("negative buffersize in recvfrom"))?;
                 match recv_from_bytes(py, fd, n) {
@@ -258,7 +261,7 @@ impl SockOp {
             }
             Args::RecvFromInto(buf, n) => {
                 let Some(n) = exact_size(n.bind(py)) else {
-                    return self.attempt_via_methods(self.sock(py)?.bind(py), Args::RecvFromInto(buf, n));
+                    return self.attempt_via_methods(sock, Args::RecvFromInto(buf, n));
                 };
                 let n = usize::try_from(n).map_err(|_| PyValueError::new_err("negative buffersize in recvfrom_into"))?;
                 let view = BufferView::get(buf.bind(py), true)?;
@@ -279,24 +282,16 @@ impl SockOp {
             }
             Args::SendTo { data, addr, retry } => {
                 let Some(to) = from_python(family, addr.bind(py)) else {
-                    return self.attempt_via_methods(self.sock(py)?.bind(py), Args::SendTo { data, addr, retry });
+                    return self.attempt_via_methods(sock, Args::SendTo { data, addr, retry });
                 };
-                let view = BufferView::get(data.bind(py), false)?;
-                match send_to(fd, view.as_slice(), Some(&to)) {
+                match with_bytes(data.bind(py), |b| send_to(fd, b, Some(&to)))? {
                     Io::Done(n) => Ok(Attempt::Done(n.into_pyobject(py)?.into_any().unbind())),
                     Io::WouldBlock => Ok(Attempt::WouldBlock),
                     Io::Failed(errno) => Err(os_error(py, errno)),
                 }
             }
             // (Always through the socket's methods: see Op.)
-            Args::Accept | Args::Connect { .. } => self.attempt_via_methods(self.sock(py)?.bind(py), args),
-        }
-    }
-
-    fn sock(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        match &self.st.borrow_mut(py)?.sock {
-            Some(s) => Ok(s.clone_ref(py)),
-            None => Err(PyRuntimeError::new_err("cannot reuse already awaited coroutine")),
+            Args::Accept | Args::Connect { .. } => self.attempt_via_methods(sock, args),
         }
     }
 
@@ -323,20 +318,18 @@ impl SockOp {
                 Ok(pair)
             }),
             Args::Connect { addr, in_progress: false } => sock.call_method1(intern!(py, "connect"), (addr,)),
-            Args::Connect { addr, in_progress: true } => {
-                let err: i32 = sock
-                    .call_method1(intern!(py, "getsockopt"), (libc::SOL_SOCKET, libc::SO_ERROR))
-                    .and_then(|e| e.extract())
-                    .or_else(|e| if is_would_block(py, &e) { Ok(-1) } else { Err(e) })?;
-                match err {
-                    -1 => return Ok(Attempt::WouldBlock),
+            // asyncio raises OSError(err, ...) inside the same try: an
+            // errno that makes it a BlockingIOError keeps waiting below.
+            Args::Connect { addr, in_progress: true } => sock
+                .call_method1(intern!(py, "getsockopt"), (libc::SOL_SOCKET, libc::SO_ERROR))
+                .and_then(|e| e.extract::<i32>())
+                .and_then(|errno| match errno {
                     0 => Ok(py.None().into_bound(py)),
                     errno => {
                         let message = format!("Connect call failed {}", addr.bind(py).str()?);
                         Err(pyo3::exceptions::PyOSError::new_err((errno, message)))
                     }
-                }
-            }
+                }),
         };
         let result = match called {
             Ok(r) => r,
@@ -364,7 +357,7 @@ impl SockOp {
             let st = self.st.borrow_mut(py)?;
             match (&st.loop_, &st.sock) {
                 (Some(l), Some(s)) => (l.clone_ref(py).into_bound(py), s.clone_ref(py).into_bound(py)),
-                _ => return Err(PyRuntimeError::new_err("cannot reuse already awaited coroutine")),
+                _ => return Err(reused()),
             }
         };
         if let Some(ssl) = ssl_socket_type(py) {
@@ -389,7 +382,7 @@ impl SockOp {
         let mut st = self.st.borrow_mut(py)?;
         st.fd = fd;
         st.via_methods = !(plain && non_blocking && fd >= 0) || st.op.always_via_methods();
-        if !st.via_methods && matches!(st.op, Op::SendTo { .. } | Op::RecvFrom { .. } | Op::RecvFromInto { .. }) {
+        if !st.via_methods && st.op.converts_addresses() {
             // Addresses are converted natively for these families only.
             st.family = socket_family(fd);
             st.via_methods = !family_supported(st.family);
@@ -495,7 +488,7 @@ impl SockOp {
                     }
                 }
             }
-            _ => Err(PyRuntimeError::new_err("cannot reuse already awaited coroutine")),
+            _ => Err(reused()),
         }
     }
 

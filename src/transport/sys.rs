@@ -148,6 +148,13 @@ pub fn send_to(fd: RawFd, data: &[u8], to: Option<&SockAddr>) -> Io {
     }
 }
 
+/// The errors asyncio's socket calls treat as "try again when ready"
+/// (BlockingIOError, InterruptedError).
+pub fn is_would_block(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<pyo3::exceptions::PyBlockingIOError>(py)
+        || err.is_instance_of::<pyo3::exceptions::PyInterruptedError>(py)
+}
+
 /// A socket's address family (`SO_DOMAIN`), AF_UNSPEC if it cannot be had.
 pub fn socket_family(fd: RawFd) -> i32 {
     let mut family: libc::c_int = libc::AF_UNSPEC;

@@ -20,7 +20,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
 
-use pyo3::exceptions::{PyBlockingIOError, PyInterruptedError, PyOSError, PyRuntimeError, PyValueError};
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -29,7 +29,7 @@ use super::{Kind, StreamState, StreamTransport, LOG_THRESHOLD_FOR_CONNLOST_WRITE
 use crate::event_loop::LoopCore;
 use crate::hooks::call_hook;
 use crate::transport::sockaddr::{family_supported, to_python, AddrCache, SockAddr};
-use crate::transport::sys::{os_error, recv_from, send_to, socket_type, with_bytes, Io};
+use crate::transport::sys::{is_would_block, os_error, recv_from, send_to, socket_type, with_bytes, Io};
 
 /// Datagrams one readiness report may receive before letting other
 /// callbacks run (the rest are received next iteration).
@@ -122,7 +122,7 @@ enum Sent {
 
 /// How a Python call on the socket failed, as asyncio sorts it.
 fn sort_error(py: Python<'_>, err: PyErr) -> Result<PyErr, PyErr> {
-    if err.is_instance_of::<PyBlockingIOError>(py) || err.is_instance_of::<PyInterruptedError>(py) {
+    if is_would_block(py, &err) {
         Err(err)
     } else {
         Ok(err)
