@@ -31,6 +31,13 @@ pub struct AsyncioApi {
     pub wraps_stop_iteration: bool,
 }
 
+extern "C" {
+    /// `dict.pop(key, default)`.  Private, but exported with this signature
+    /// by every CPython ferroloop supports (3.13 added the public
+    /// `PyDict_Pop` and kept this one).
+    fn _PyDict_Pop(dict: *mut ffi::PyObject, key: *mut ffi::PyObject, default: *mut ffi::PyObject) -> *mut ffi::PyObject;
+}
+
 static API: PyOnceLock<AsyncioApi> = PyOnceLock::new();
 
 pub fn api(py: Python<'_>) -> PyResult<&AsyncioApi> {
@@ -75,59 +82,60 @@ impl AsyncioApi {
         self.get_event_loop_policy.bind(py).call0()?.call_method0("get_event_loop")
     }
 
-    /// asyncio's `_enter_task` (one dict lookup and one store, without
-    /// the reference traffic of pyo3's dict wrappers: it runs every step).
+    /// asyncio's `_enter_task`, in one dict lookup (it runs every step):
+    /// `setdefault` stores the task unless the loop already has one, and the
+    /// dict's size tells whether it did.
     pub fn enter_task(&self, loop_: &Bound<'_, PyAny>, task: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = loop_.py();
         let dict = self.current_tasks.as_ptr();
         // SAFETY: `dict` is a live dict and `loop_`/`task` live objects;
-        // PyDict_GetItemWithError returns a borrowed reference or NULL (with
-        // an exception set only on error); PyDict_SetItem does not steal.
+        // PyDict_SetDefault returns a borrowed reference (NULL with an
+        // exception set on error) and does not steal its arguments.
         unsafe {
-            let running = ffi::PyDict_GetItemWithError(dict, loop_.as_ptr());
-            if !running.is_null() {
-                let running = Borrowed::from_ptr(py, running).to_owned();
-                return Err(PyRuntimeError::new_err(format!(
-                    "Cannot enter into task {} while another task {} is being executed.",
-                    repr_of(task),
-                    repr_of(&running)
-                )));
+            let size_before = ffi::PyDict_Size(dict);
+            let current = ffi::PyDict_SetDefault(dict, loop_.as_ptr(), task.as_ptr());
+            if current.is_null() {
+                return Err(PyErr::fetch(py));
             }
-            if ffi::PyErr_Occurred().is_null() && ffi::PyDict_SetItem(dict, loop_.as_ptr(), task.as_ptr()) == 0 {
+            if current == task.as_ptr() && ffi::PyDict_Size(dict) > size_before {
                 return Ok(());
             }
+            let running = Borrowed::from_ptr(py, current).to_owned();
+            Err(PyRuntimeError::new_err(format!(
+                "Cannot enter into task {} while another task {} is being executed.",
+                repr_of(task),
+                repr_of(&running)
+            )))
         }
-        Err(PyErr::fetch(py))
     }
 
-    /// asyncio's `_leave_task`.
+    /// asyncio's `_leave_task`, in one dict lookup: pop the loop's entry,
+    /// and put it back should it not be `task`.
     pub fn leave_task(&self, loop_: &Bound<'_, PyAny>, task: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = loop_.py();
         let dict = self.current_tasks.as_ptr();
-        // SAFETY: as in enter_task; the borrowed `running` is only compared
-        // (or turned into an owned reference) before the dict changes.
-        unsafe {
-            let running = ffi::PyDict_GetItemWithError(dict, loop_.as_ptr());
-            if running == task.as_ptr() {
-                if ffi::PyDict_DelItem(dict, loop_.as_ptr()) == 0 {
-                    return Ok(());
-                }
+        // SAFETY: `dict`, `loop_`, `task` and None are live objects;
+        // _PyDict_Pop (exported by CPython 3.11-3.13 with this signature)
+        // returns a new reference to the removed value or to the default,
+        // or NULL with an exception set.
+        let popped = unsafe {
+            let popped = _PyDict_Pop(dict, loop_.as_ptr(), ffi::Py_None());
+            if popped.is_null() {
                 return Err(PyErr::fetch(py));
             }
-            if !ffi::PyErr_Occurred().is_null() {
-                return Err(PyErr::fetch(py));
-            }
-            let current = if running.is_null() {
-                "None".to_owned()
-            } else {
-                repr_of(&Borrowed::from_ptr(py, running).to_owned())
-            };
-            Err(PyRuntimeError::new_err(format!(
-                "Leaving task {} does not match the current task {}.",
-                repr_of(task),
-                current
-            )))
+            Bound::from_owned_ptr(py, popped)
+        };
+        if popped.is(task) {
+            return Ok(());
         }
+        if !popped.is_none() {
+            self.current_tasks.bind(py).set_item(loop_, &popped)?;
+        }
+        Err(PyRuntimeError::new_err(format!(
+            "Leaving task {} does not match the current task {}.",
+            repr_of(task),
+            repr_of(&popped)
+        )))
     }
 
     /// asyncio's `_swap_current_task` (3.12+): make `task` (or nobody, for

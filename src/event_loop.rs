@@ -948,7 +948,7 @@ impl LoopCore {
             return Ok(slf.call_method0(intern!(py, "_create_future_py"))?.unbind());
         }
         let state = Future::init_state(py, slf.clone().into_any())?;
-        Ok(Py::new(py, Future { st: GilCell::new(state) })?.into_any())
+        Ok(crate::fast_alloc::new_future(py, state)?.into_any().unbind())
     }
 
     /// Schedule a coroutine as a Task.  The common case (native tasks, no

@@ -7,6 +7,7 @@ mod asyncio_api;
 mod callbacks;
 mod clock;
 mod event_loop;
+mod fast_alloc;
 mod future;
 mod gil_cell;
 mod handles;

@@ -50,3 +50,9 @@ pub fn is_future_iter_type(tp: *mut ffi::PyTypeObject) -> bool {
 pub fn future_type() -> *mut ffi::PyTypeObject {
     FUTURE.load(Ordering::Relaxed)
 }
+
+/// ferroloop.Task's type object (valid once init() ran).
+#[inline]
+pub fn task_type() -> *mut ffi::PyTypeObject {
+    TASK.load(Ordering::Relaxed)
+}

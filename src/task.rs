@@ -109,7 +109,7 @@ fn cancel_any(obj: &Bound<'_, PyAny>, msg: Option<Py<PyAny>>) -> PyResult<bool> 
 }
 
 impl Task {
-    fn empty() -> Task {
+    pub(crate) fn empty() -> Task {
         Task { t: GilCell::new(TaskState::default()), registry_slot: AtomicUsize::new(0) }
     }
 
@@ -143,9 +143,9 @@ impl Task {
         eager_start: Option<bool>,
     ) -> PyResult<Py<Task>> {
         let fut = Future::init_state(py, loop_)?;
-        let task = Py::new(py, PyClassInitializer::from(Future { st: GilCell::new(fut) }).add_subclass(Task::empty()))?;
-        Task::initialize(task.bind(py), coro, name, context, eager_start)?;
-        Ok(task)
+        let task = crate::fast_alloc::new_task(py, fut, Task::empty())?;
+        Task::initialize(&task, coro, name, context, eager_start)?;
+        Ok(task.unbind())
     }
 
     /// Everything `Task.__init__` does once the Future part is set up.

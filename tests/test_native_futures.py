@@ -913,3 +913,76 @@ def test_future_callbacks_go_through_a_replaced_call_soon(loop):
     assert len(calls) == 1
     loop.run_until_complete(asyncio.sleep(0))
     assert len(calls) > 1  # the task steps of run_until_complete too
+
+
+def test_futures_and_tasks_take_attributes_and_weak_references(loop):
+    async def coro():
+        return 1
+
+    fut = loop.create_future()
+    task = loop.create_task(coro())
+    for obj in (fut, task):
+        # No instance dict until an attribute is set (asyncio's C classes
+        # make theirs lazily too): nothing for the collector to visit.
+        assert not any(isinstance(r, dict) for r in gc.get_referents(obj))
+        with pytest.raises(AttributeError):
+            obj.label
+        obj.label = "x"
+        assert obj.label == "x"
+        assert any(r == {"label": "x"} for r in gc.get_referents(obj))
+        del obj.label
+        with pytest.raises(AttributeError):
+            obj.label
+        assert weakref.ref(obj)() is obj
+    loop.run_until_complete(task)
+    fut.cancel()
+    refs = [weakref.ref(fut), weakref.ref(task)]
+    del fut, task, obj
+    assert [r() for r in refs] == [None, None]
+
+
+def test_a_step_that_finds_another_task_current_is_an_error(loop):
+    errors = collect_errors(loop)
+    intruder = loop.create_future()
+    seen = []
+
+    async def main():
+        # Swap the current task behind the loop's back: when this step
+        # ends, leaving this task finds the intruder instead.
+        asyncio.tasks._leave_task(loop, asyncio.current_task())
+        asyncio.tasks._enter_task(loop, intruder)
+        await asyncio.sleep(0)
+
+    def restore():
+        # The intruder stayed current; take it out.
+        seen.append(asyncio.tasks._current_tasks.get(loop))
+        asyncio.tasks._leave_task(loop, intruder)
+
+    loop.create_task(main())
+    loop.call_soon(restore)  # queued after main's first step
+    loop.call_soon(loop.call_soon, loop.stop)
+    loop.run_forever()
+    messages = [str(ctx.get("exception")) for ctx in errors]
+    assert any("Leaving task" in m and "does not match the current task" in m for m in messages), messages
+    assert seen == [intruder]
+
+
+def test_a_step_while_another_task_is_current_is_an_error(loop):
+    errors = collect_errors(loop)
+    intruder = loop.create_future()
+
+    async def main():
+        return 1
+
+    asyncio.tasks._enter_task(loop, intruder)  # outside of any step
+    task = loop.create_task(main())
+    loop.call_soon(asyncio.tasks._leave_task, loop, intruder)  # after the step
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    messages = [str(ctx.get("exception")) for ctx in errors]
+    assert any("Cannot enter into task" in m and "while another task" in m for m in messages), messages
+    assert asyncio.tasks._current_tasks.get(loop) is None
+    # The failed step never ran the coroutine.
+    assert not task.done()
+    task._log_destroy_pending = False
+    task.get_coro().close()
