@@ -192,7 +192,7 @@ impl Future {
         let py = slf.py();
         let (callbacks, loop_) = {
             let mut st = slf.get().st.borrow_mut(py)?;
-            let loop_ = st.loop_.as_ref().map(|l| l.clone_ref(py)).ok_or_else(not_initialized)?;
+            let loop_ = st.loop_.as_ref().map(|l| l.bind(py).clone()).ok_or_else(not_initialized)?;
             (std::mem::take(&mut st.callbacks), loop_)
         };
         if !crate::native_types::is_exact_future(slf.as_any()) {
@@ -201,9 +201,8 @@ impl Future {
                 crate::registry::unregister(py, task.get())?;
             }
         }
-        let loop_ = loop_.bind(py);
         for cb in callbacks {
-            queue_native(loop_, NativeCallback::from_done(cb, slf.clone().into_any().unbind()))?;
+            queue_native(&loop_, NativeCallback::from_done(cb, slf.clone().into_any().unbind()))?;
         }
         Ok(())
     }
@@ -308,16 +307,16 @@ impl Future {
         let py = slf.py();
         let loop_ = {
             let mut st = slf.get().st.borrow_mut(py)?;
-            let Some(loop_) = st.loop_.as_ref().map(|l| l.clone_ref(py)) else {
+            let Some(loop_) = st.loop_.as_ref() else {
                 return Err(PyRuntimeError::new_err("uninitialized Future object"));
             };
             if st.phase == Phase::Pending {
                 st.callbacks.push(cb);
                 return Ok(());
             }
-            loop_
+            loop_.bind(py).clone()
         };
-        queue_native(loop_.bind(py), NativeCallback::from_done(cb, slf.clone().into_any().unbind()))
+        queue_native(&loop_, NativeCallback::from_done(cb, slf.clone().into_any().unbind()))
     }
 
     /// Whether `obj` is exactly a native Future or Task (not a subclass):
@@ -700,7 +699,9 @@ impl FutureIter {
     }
 
     pub fn advance(&self, py: Python<'_>) -> PyResult<IterStep> {
-        let Some(fut) = self.future.borrow_mut(py)?.as_ref().map(|f| f.clone_ref(py)) else {
+        // Bound, not Py, references throughout: dropping a Py first asks a
+        // thread-local whether the GIL is held, and this runs every await.
+        let Some(fut) = self.future.borrow_mut(py)?.as_ref().map(|f| f.bind(py).clone()) else {
             return Err(PyStopIteration::new_err(()));
         };
         {
@@ -709,13 +710,13 @@ impl FutureIter {
                 if !st.blocking {
                     st.blocking = true;
                     drop(st);
-                    return Ok(IterStep::Yield(fut.into_any()));
+                    return Ok(IterStep::Yield(fut.into_any().unbind()));
                 }
                 return Err(PyRuntimeError::new_err("await wasn't used with future"));
             }
         }
         let old = self.future.borrow_mut(py)?.take();
-        drop(old);
+        drop(old.map(|f| f.into_bound(py)));
         Ok(IterStep::Return(fut.get().result_impl(py)?))
     }
 

@@ -278,9 +278,10 @@ impl Task {
         let (must_cancel, coro, waiter) = {
             let mut t = slf.get().t.borrow_mut(py)?;
             let must_cancel = std::mem::replace(&mut t.must_cancel, false);
-            (must_cancel, t.coro.as_ref().map(|c| c.clone_ref(py)), t.fut_waiter.take())
+            (must_cancel, t.coro.as_ref().map(|c| c.bind(py).clone()), t.fut_waiter.take())
         };
-        drop(waiter);
+        // As Bound: dropping a Py consults a thread-local first (every step).
+        drop(waiter.map(|w| w.into_bound(py)));
         if must_cancel {
             let cancelled_cls = api(py)?.cancelled_error.bind(py);
             let is_cancel = match &exc {
@@ -294,10 +295,9 @@ impl Task {
         let Some(coro) = coro else {
             return Err(PyRuntimeError::new_err("uninitialized Task object"));
         };
-        let coro = coro.bind(py);
         let sent = match &exc {
-            None => send_none(coro),
-            Some(e) => throw_into(coro, e),
+            None => send_none(&coro),
+            Some(e) => throw_into(&coro, e),
         };
         drop(exc);
         match sent {
@@ -432,7 +432,7 @@ impl Task {
     pub fn wakeup(slf: &Bound<'_, Task>, awaited: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let outcome = if Future::is_exact_native(awaited) {
-            awaited.cast::<Future>()?.get().result_impl(py).map(drop)
+            awaited.cast::<Future>()?.get().result_impl(py).map(|r| drop(r.into_bound(py)))
         } else {
             awaited.call_method0(pyo3::intern!(py, "result")).map(drop)
         };
