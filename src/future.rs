@@ -164,6 +164,14 @@ impl Future {
 
     /// `result()`: the value, or the error it raises.
     pub fn result_impl(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        {
+            // The common case, a value, in one borrow.
+            let mut st = self.st.borrow_mut(py)?;
+            if st.phase == Phase::Finished && st.exception.is_none() && st.loop_.is_some() {
+                st.log_traceback = false;
+                return Ok(st.result.as_ref().map_or_else(|| py.None(), |r| r.clone_ref(py)));
+            }
+        }
         self.check_finished(py, "Result is not set.")?;
         let (exc, tb, result) = {
             let mut st = self.st.borrow_mut(py)?;
