@@ -16,13 +16,14 @@
 //! Lifecycle, exception handling, executors and everything else cold lives in
 //! the Python subclass (`python/ferroloop/_loop.py`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use mio::Waker;
+use rustc_hash::FxHashMap;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -93,11 +94,11 @@ struct State {
     /// The previous batch's (empty) buffer, reused to avoid reallocating.
     spare: VecDeque<Callback>,
     timers: TimerHeap<Py<TimerHandle>>,
-    readers: HashMap<RawFd, Py<Handle>>,
-    writers: HashMap<RawFd, Py<Handle>>,
+    readers: FxHashMap<RawFd, Py<Handle>>,
+    writers: FxHashMap<RawFd, Py<Handle>>,
     /// Native transports by fd (registered edge-triggered with the poller):
     /// one, or a read pipe and a write pipe sharing the fd (a pty master).
-    transports: HashMap<RawFd, SmallVec<[Py<StreamTransport>; 1]>>,
+    transports: FxHashMap<RawFd, SmallVec<[Py<StreamTransport>; 1]>>,
     /// Transports owed a read attempt at the next I/O dispatch (reading
     /// started or resumed -- an edge may have passed meanwhile -- or a read
     /// cut short to let other callbacks run), or a write attempt (a

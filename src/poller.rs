@@ -24,13 +24,13 @@
 //!
 //! Pure Rust (no Python), so it is unit tested with `cargo test`.
 
-use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
+use rustc_hash::{FxHashMap, FxHashSet};
 
 pub const WAKER_TOKEN: Token = Token(usize::MAX);
 pub const SIGNAL_TOKEN: Token = Token(usize::MAX - 1);
@@ -72,14 +72,14 @@ impl FdInterest {
 pub struct Poller {
     poll: Poll,
     events: Events,
-    interests: HashMap<RawFd, FdInterest>,
+    interests: FxHashMap<RawFd, FdInterest>,
     /// fds registered edge-triggered by native transports.
-    edge: HashSet<RawFd>,
+    edge: FxHashSet<RawFd>,
     /// fds that reported readiness in the last wait, re-armed before the next.
     fired: Vec<RawFd>,
     /// Parked fds (see the module docs): true once a wait has passed since
     /// parking, so the next wait deregisters them.
-    parked: HashMap<RawFd, bool>,
+    parked: FxHashMap<RawFd, bool>,
     signal_rx: OwnedFd,
     signal_tx: OwnedFd,
 }
@@ -109,9 +109,9 @@ impl Poller {
             Poller {
                 poll,
                 events: Events::with_capacity(1024),
-                interests: HashMap::new(),
-                parked: HashMap::new(),
-                edge: HashSet::new(),
+                interests: FxHashMap::default(),
+                parked: FxHashMap::default(),
+                edge: FxHashSet::default(),
                 fired: Vec::new(),
                 signal_rx,
                 signal_tx,
