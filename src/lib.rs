@@ -35,6 +35,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(registry::_native_tasks, m)?)?;
     m.add_function(wrap_pyfunction!(registry::_native_task_count, m)?)?;
     m.add_function(wrap_pyfunction!(registry::_is_registered, m)?)?;
+    m.add_function(wrap_pyfunction!(slots::_bind_native_methods, m)?)?;
     transport::adapt_malloc_thresholds();
     native_types::init(m.py());
     slots::install(m.py())?;

@@ -77,6 +77,7 @@ pub fn install(py: Python<'_>) -> PyResult<()> {
     }
     install_iter_slots(py)?;
     install_call_soon(py)?;
+    bind_native_methods(&task_type)?;
     unsafe {
         add_finalizer(future_type.as_type_ptr(), &FUTURE_DEALLOC, future_dealloc);
         add_finalizer(task_type.as_type_ptr(), &TASK_DEALLOC, task_dealloc);
@@ -558,4 +559,87 @@ unsafe extern "C" fn call_soon_threadsafe_fast(
 ) -> *mut ffi::PyObject {
     // SAFETY: LoopCore.call_soon_threadsafe, called by CPython.
     unsafe { schedule_fast(slf, args, nargsf, kwnames, true) }
+}
+
+// -- Methods bound to the subclass that calls them ----------------------------
+//
+// CPython specialises `obj.method(...)` for a C method only while `obj` is
+// *exactly* of the type that defines the method (the descriptor's
+// `d_type`); on an instance of a subclass every call falls back to the
+// generic path (measured: `task.done()` 41 ns against `future.done()`'s
+// 23-31 ns).  Our hot objects are all subclasses of the class defining
+// their methods: tasks (Future's methods), loops (`ferroloop.Loop` over
+// LoopCore) and transports (Python classes over StreamTransport).  So, as
+// asyncio's C Task repeats Future's methods in its own table, each such
+// class gets its own descriptors for the native methods it inherits: the
+// same C functions, with `d_type` the subclass.
+
+/// Give `cls` its own descriptor for each native method it inherits
+/// unchanged from ferroloop's classes (names starting with `_` excepted:
+/// dunders are slots, and private helpers are not hot).  Returns how many.
+#[pyfunction]
+pub fn _bind_native_methods(cls: &Bound<'_, pyo3::types::PyType>) -> PyResult<usize> {
+    bind_native_methods(cls)
+}
+
+fn bind_native_methods(cls: &Bound<'_, pyo3::types::PyType>) -> PyResult<usize> {
+    let py = cls.py();
+    let ours = [
+        py.get_type::<Future>().as_type_ptr(),
+        py.get_type::<Task>().as_type_ptr(),
+        py.get_type::<LoopCore>().as_type_ptr(),
+        py.get_type::<crate::transport::StreamTransport>().as_type_ptr(),
+    ];
+    let tp = cls.as_type_ptr();
+    let mro = cls.mro();
+    // SAFETY: `tp` is a live, ready type; its tp_dict is its attribute dict.
+    let own = unsafe { (*tp).tp_dict };
+    if own.is_null() {
+        return Ok(0);
+    }
+    // SAFETY: `own` is a live dict (see above), borrowed for this call.
+    let own = unsafe { Bound::from_borrowed_ptr(py, own) };
+    let own = own.cast::<pyo3::types::PyDict>()?;
+    let mut bound = 0;
+    for base in mro.iter().skip(1) {
+        let base = base.cast::<pyo3::types::PyType>()?;
+        if !ours.contains(&base.as_type_ptr()) {
+            continue;
+        }
+        let items: Vec<(Bound<'_, PyAny>, Bound<'_, PyAny>)> =
+            base.getattr("__dict__")?.call_method0("items")?.try_iter()?.map(|item| item?.extract()).collect::<PyResult<_>>()?;
+        for (name, descr) in items {
+            // SAFETY: reading the type of a live object.
+            let is_method = unsafe { ffi::Py_TYPE(descr.as_ptr()) == std::ptr::addr_of_mut!(ffi::PyMethodDescr_Type) };
+            let private = match name.cast::<pyo3::types::PyString>() {
+                Ok(n) => n.to_str()?.starts_with('_'),
+                Err(_) => true,
+            };
+            if !is_method || private || own.contains(&name)? {
+                continue;
+            }
+            // Only where the class would find this very descriptor (no
+            // class in between overrides the name).
+            let found = mro.iter().find_map(|k| {
+                k.getattr("__dict__").ok().and_then(|d| d.get_item(&name).ok())
+            });
+            if !found.is_some_and(|f| f.is(&descr)) {
+                continue;
+            }
+            // SAFETY: `descr` is a method descriptor (checked above), so its
+            // d_method points at a PyMethodDef that lives as long as the
+            // defining type, which every subclass keeps alive;
+            // PyDescr_NewMethod returns a new reference or NULL with an
+            // exception set.
+            let rebound = unsafe {
+                let def = (*descr.as_ptr().cast::<ffi::PyMethodDescrObject>()).d_method;
+                Bound::from_owned_ptr_or_err(py, ffi::PyDescr_NewMethod(tp, def))?
+            };
+            own.set_item(&name, rebound)?;
+            bound += 1;
+        }
+    }
+    // SAFETY: `tp` is a live type whose dict we changed.
+    unsafe { ffi::PyType_Modified(tp) };
+    Ok(bound)
 }

@@ -268,3 +268,48 @@ def test_ferroloop_in_a_subprocess_exits_cleanly():
                          timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "done"
+
+
+def test_native_methods_are_the_subclasses_own(ferroloop):
+    # CPython specialises C method calls only on instances of exactly the
+    # class holding the descriptor: ferroloop gives its subclasses their own.
+    from ferroloop import _transports
+
+    def objclass(cls, name):
+        return cls.__dict__[name].__objclass__
+
+    assert objclass(ferroloop.Task, "done") is ferroloop.Task
+    assert objclass(ferroloop.Task, "add_done_callback") is ferroloop.Task
+    assert objclass(ferroloop.Loop, "call_soon") is ferroloop.Loop
+    assert objclass(_transports.SocketTransport, "write") is _transports.SocketTransport
+    # Methods a Python class overrides stay overridden.
+    assert type(_transports.DatagramTransport.__dict__["write"]).__name__ == "function"
+
+    loop = ferroloop.new_event_loop()
+    try:
+        async def coro():
+            return 7
+
+        task = loop.create_task(coro())
+        assert loop.run_until_complete(task) == 7
+        assert task.done() and task.result() == 7
+        # The rebound descriptor still checks its receiver's type.
+        with pytest.raises(TypeError):
+            ferroloop.Task.__dict__["result"](loop.create_future())
+        with pytest.raises(TypeError):
+            ferroloop.Loop.__dict__["call_soon"](object(), print)
+
+        class MyLoop(ferroloop.Loop):
+            pass
+
+        mine = MyLoop()
+        try:
+            ran = []
+            mine.call_soon(ran.append, 1)
+            mine.call_soon(mine.stop)
+            mine.run_forever()
+            assert ran == [1]
+        finally:
+            mine.close()
+    finally:
+        loop.close()

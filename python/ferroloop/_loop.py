@@ -429,3 +429,8 @@ class Loop(_ferroloop.LoopCore, unix_events.SelectorEventLoop):
     def _read_from_self(self):
         """asyncio's self-pipe reader; ferroloop has no self-pipe (the native
         poller reads the signal pipe and calls _handle_signal)."""
+
+
+# The loop's native methods, as Loop's own (CPython specialises a C method
+# call only on an instance of exactly the class holding the descriptor).
+_ferroloop._bind_native_methods(Loop)

@@ -338,3 +338,11 @@ class DatagramTransport(_SelectorTransport):
     _empty_waiter = _Absent()
     _start_tls_compatible = _Absent()
     _sendfile_compatible = _Absent()
+
+
+# The native methods (write() above all), as each transport class's own:
+# CPython specialises a C method call only on an instance of exactly the
+# class holding the descriptor.
+for _cls in (SocketTransport, ReadPipeTransport, WritePipeTransport, DatagramTransport):
+    _ferroloop._bind_native_methods(_cls)
+del _cls
