@@ -92,6 +92,9 @@ def test_transport_api_surface(loop):
             with pytest.raises(ValueError, match=r'high \(1\) must be >= low \(2\)'):
                 tr.set_write_buffer_limits(high=1, low=2)
             assert 'fd=' in repr(tr) and 'read=polling' in repr(tr)
+            # Libraries tag transports with attributes of their own.
+            tr.tag = 'mine'
+            assert tr.tag == 'mine' and vars(tr)['tag'] == 'mine'
         finally:
             tr.close()
             await client.lost

@@ -289,7 +289,10 @@ enum Read {
     Failed,
 }
 
-#[pyclass(module = "ferroloop._ferroloop", subclass, frozen, weakref, dict)]
+/// No `dict`: the Python subclasses get CPython's own (managed) instance
+/// dict, with which method calls on a transport specialise (with pyo3's dict
+/// slot, 3.12 never specialises `transport.write`).
+#[pyclass(module = "ferroloop._ferroloop", subclass, frozen, weakref)]
 pub struct StreamTransport {
     st: GilCell<StreamState>,
 }
