@@ -378,6 +378,13 @@ def test_datagram_errors_come_when_awaited(loop):
             await loop.sock_sendto(a, b'x', 'not an address')
         with pytest.raises(TypeError):
             await loop.sock_recvfrom(b, 'ten')
+        # sock_recv's size too is checked when awaited (by sock.recv).
+        coro = loop.sock_recv(b, -1)
+        with pytest.raises(ValueError, match='negative buffersize in recv'):
+            await coro
+        coro = loop.sock_recv(b, 'ten')
+        with pytest.raises(TypeError):
+            await coro
         closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         closed.close()
         with pytest.raises(OSError):

@@ -36,7 +36,7 @@ use crate::handles::Handle;
 /// Python objects until the call: asyncio passes them to the socket's
 /// methods as they are, so their errors come when the coroutine runs.)
 enum Op {
-    Recv { n: usize },
+    Recv { n: Py<PyAny> },
     RecvInto { buf: Py<PyAny> },
     /// `data` is held through a memoryview (as asyncio does), so a
     /// bytearray cannot be resized while it is being sent.
@@ -85,11 +85,11 @@ impl Op {
         let (a, b) = match self {
             Op::RecvInto { buf } => (Some(buf), None),
             Op::SendAll { data, .. } => (Some(data), None),
-            Op::RecvFrom { n } => (Some(n), None),
+            Op::Recv { n } | Op::RecvFrom { n } => (Some(n), None),
             Op::RecvFromInto { buf, n } => (Some(buf), Some(n)),
             Op::SendTo { data, addr } => (Some(data), Some(addr)),
             Op::Connect { addr } => (Some(addr), None),
-            Op::Recv { .. } | Op::Accept => (None, None),
+            Op::Accept => (None, None),
         };
         a.into_iter().chain(b)
     }
@@ -123,7 +123,7 @@ struct OpState {
 
 /// One attempt's arguments, taken out of the state.
 enum Args {
-    Recv(usize),
+    Recv(Py<PyAny>),
     Into(Py<PyAny>),
     Send(Py<PyAny>, usize),
     RecvFrom(Py<PyAny>),
@@ -136,7 +136,7 @@ enum Args {
 impl Args {
     fn of(op: &Op, retrying: bool, py: Python<'_>) -> Args {
         match op {
-            Op::Recv { n } => Args::Recv(*n),
+            Op::Recv { n } => Args::Recv(n.clone_ref(py)),
             Op::RecvInto { buf } => Args::Into(buf.clone_ref(py)),
             Op::SendAll { data, sent } => Args::Send(data.clone_ref(py), *sent),
             Op::RecvFrom { n } => Args::RecvFrom(n.clone_ref(py)),
@@ -215,12 +215,19 @@ impl SockOp {
             return self.attempt_via_methods(sock, args);
         }
         match args {
-            Args::Recv(n) => match read_bytes(py, fd, n) {
-                Ok(Some(data)) => Ok(Attempt::Done(data.into_any().unbind())),
-                Ok(None) => Ok(Attempt::Done(PyBytes::new(py, b"").into_any().unbind())),
-                Err(RecvError::WouldBlock) => Ok(Attempt::WouldBlock),
-                Err(RecvError::Failed(err)) => Err(err),
-            },
+            Args::Recv(n) => {
+                // Negative and non-int sizes: the socket's recv() raises
+                // its own error.
+                let Some(size) = exact_size(n.bind(py)).and_then(|v| usize::try_from(v).ok()) else {
+                    return self.attempt_via_methods(sock, Args::Recv(n));
+                };
+                match read_bytes(py, fd, size) {
+                    Ok(Some(data)) => Ok(Attempt::Done(data.into_any().unbind())),
+                    Ok(None) => Ok(Attempt::Done(PyBytes::new(py, b"").into_any().unbind())),
+                    Err(RecvError::WouldBlock) => Ok(Attempt::WouldBlock),
+                    Err(RecvError::Failed(err)) => Err(err),
+                }
+            }
             Args::Into(buf) => {
                 let view = BufferView::get(buf.bind(py), true)?;
                 // SAFETY: a writable view of `view.len()` bytes, held until
@@ -557,9 +564,8 @@ fn thrown(typ: &Bound<'_, PyAny>, val: Option<&Bound<'_, PyAny>>) -> PyResult<Py
 impl SockOp {
     /// `loop.sock_recv(sock, nbytes)`.
     #[staticmethod]
-    fn recv(r#loop: &Bound<'_, PyAny>, sock: &Bound<'_, PyAny>, nbytes: isize) -> PyResult<SockOp> {
-        let n = usize::try_from(nbytes).map_err(|_| PyValueError::new_err("negative buffersize in recv"))?;
-        Ok(SockOp::new(r#loop, sock, Op::Recv { n }))
+    fn recv(r#loop: &Bound<'_, PyAny>, sock: &Bound<'_, PyAny>, nbytes: &Bound<'_, PyAny>) -> SockOp {
+        SockOp::new(r#loop, sock, Op::Recv { n: nbytes.clone().unbind() })
     }
 
     /// `loop.sock_recv_into(sock, buf)`.
@@ -698,7 +704,7 @@ impl SockOp {
     fn __clear__(&self) {
         if let Some(mut st) = self.st.try_borrow_for_clear() {
             let old = (st.loop_.take(), st.sock.take(), st.fut.take(), st.handle.take());
-            let op = std::mem::replace(&mut st.op, Op::Recv { n: 0 });
+            let op = std::mem::replace(&mut st.op, Op::Accept);
             drop(st);
             drop((old, op));
         }
