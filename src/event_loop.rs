@@ -108,6 +108,28 @@ struct State {
 }
 
 impl State {
+    /// The loop is letting go of every handle it holds without running
+    /// them: those held elsewhere too become visible to the garbage
+    /// collector (see `Handle::expose_unrun_to_gc`).
+    fn expose_handles_to_gc(&self, py: Python<'_>) -> PyResult<()> {
+        // Borrowed, not cloned: the check counts the references held
+        // besides the loop's.
+        for cb in self.ready.iter() {
+            match cb {
+                Callback::Handle(h) => Handle::expose_unrun_to_gc(h.bind(py))?,
+                Callback::Timer(t) => Handle::expose_unrun_to_gc(t.bind(py).as_super())?,
+                Callback::Native(_) => {}
+            }
+        }
+        for t in self.timers.iter() {
+            Handle::expose_unrun_to_gc(t.bind(py).as_super())?;
+        }
+        for h in self.readers.values().chain(self.writers.values()) {
+            Handle::expose_unrun_to_gc(h.bind(py))?;
+        }
+        Ok(())
+    }
+
     fn interest(&self, fd: RawFd) -> FdInterest {
         FdInterest { read: self.readers.contains_key(&fd), write: self.writers.contains_key(&fd) }
     }
@@ -936,6 +958,7 @@ impl LoopCore {
         for timer in dropped.timers.iter() {
             timer.get().unschedule();
         }
+        dropped.expose_handles_to_gc(py)?;
         drop(dropped);
         self.cancelled_timers.store(0, Ordering::Relaxed);
         Ok(())

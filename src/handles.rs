@@ -405,6 +405,30 @@ impl Handle {
         Ok(())
     }
 
+    /// A handle the loop let go of without running it (the loop closed)
+    /// that someone else still holds: track it, its arguments tuple and its
+    /// context, so that a cycle through it -- an object keeping its own
+    /// timer, `self._timer = loop.call_later(delay, self._on_timeout)` --
+    /// is collected, as it is with asyncio's Python handles.
+    pub fn expose_unrun_to_gc(slf: &Bound<'_, Handle>) -> PyResult<()> {
+        let py = slf.py();
+        // SAFETY: reading the refcount of a live object we hold.
+        if unsafe { ffi::Py_REFCNT(slf.as_ptr()) } <= 1 {
+            return Ok(());
+        }
+        {
+            let slot = slf.get().slot.borrow_mut(py)?;
+            if let Some(ctx) = slot.context.as_ref() {
+                retrack(ctx.0.as_ptr());
+            }
+            if let Some(CallArgs::Many(args)) = slot.callable.as_ref().map(|c| &c.args) {
+                retrack(args.as_ptr());
+            }
+        }
+        retrack(slf.as_ptr());
+        Ok(())
+    }
+
     /// After a one-shot handle ran (and any slow-callback report used its
     /// repr): free the callback and arguments (see the type docs).
     #[inline]

@@ -459,3 +459,42 @@ def test_loops_leave_no_threads_behind(loop_factory):
         lp.close()
     after = set(threading.enumerate())
     assert after <= before, f"leaked threads: {after - before}"
+
+
+def test_objects_keeping_their_own_unrun_handles_are_freed_after_close():
+    # aiohttp's request handler keeps its keep-alive timer this way:
+    # self._timer = loop.call_later(delay, self._on_timeout).  Once the loop
+    # is closed, the object <-> handle cycle must be collectable.
+    import socket
+    import weakref
+
+    class Owner:
+        def __init__(self, loop, kind, sock=None):
+            if kind == "timer":
+                self.h = loop.call_later(100, self.cb)
+            elif kind == "timer with args":
+                self.h = loop.call_later(100, self.cb2, self, 1)
+            elif kind == "queued":
+                self.h = loop.call_soon(self.cb)
+            elif kind == "reader":
+                loop.add_reader(sock, self.cb)
+                self.h = sock
+
+        def cb(self):
+            pass
+
+        def cb2(self, *args):
+            pass
+
+    a, b = socket.socketpair()
+    try:
+        loop = new_loop()
+        owners = [Owner(loop, kind, a) for kind in ("timer", "timer with args", "queued", "reader")]
+        refs = [weakref.ref(o) for o in owners]
+        del owners
+        loop.close()
+        gc.collect()
+        assert [r() for r in refs] == [None] * len(refs)
+    finally:
+        a.close()
+        b.close()
