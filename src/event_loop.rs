@@ -96,6 +96,10 @@ struct State {
     timers: TimerHeap<Py<TimerHandle>>,
     readers: FxHashMap<RawFd, Py<Handle>>,
     writers: FxHashMap<RawFd, Py<Handle>>,
+    /// The object each watched fd was last registered through (what
+    /// selectors keeps as `key.fileobj`): a socket closed since has no
+    /// fileno, and is found here by identity to remove its handlers.
+    fileobjs: FxHashMap<RawFd, Py<PyAny>>,
     /// Native transports by fd (registered edge-triggered with the poller):
     /// one, or a read pipe and a write pipe sharing the fd (a pty master).
     transports: FxHashMap<RawFd, SmallVec<[Py<StreamTransport>; 1]>>,
@@ -132,6 +136,16 @@ impl State {
 
     fn interest(&self, fd: RawFd) -> FdInterest {
         FdInterest { read: self.readers.contains_key(&fd), write: self.writers.contains_key(&fd) }
+    }
+
+    /// Keep `fileobj` as the fd's registering object while it is watched.
+    fn note_fileobj(&mut self, fd: RawFd, fileobj: &Bound<'_, PyAny>) -> Option<Py<PyAny>> {
+        let interest = self.interest(fd);
+        if interest.read || interest.write {
+            self.fileobjs.insert(fd, fileobj.clone().unbind())
+        } else {
+            self.fileobjs.remove(&fd)
+        }
     }
 }
 
@@ -630,14 +644,17 @@ impl LoopCore {
         let py = slf.py();
         let this = slf.get();
         this.check_closed()?;
-        let fd = fileobj_to_fd(fd)?;
+        let fileobj = fd;
+        let fd = fileobj_to_fd(fileobj)?;
         let handle = new_untracked(py, Self::new_handle(slf, callback, CallArgs::from_tuple(args)?, None, false)?)?;
-        let (old, interest) = {
+        let (old, interest, old_fileobj) = {
             let mut st = this.state.borrow_mut(py)?;
             let map = if writer { &mut st.writers } else { &mut st.readers };
             let old = map.insert(fd, handle.clone_ref(py));
-            (old, st.interest(fd))
+            let old_fileobj = st.note_fileobj(fd, fileobj);
+            (old, st.interest(fd), old_fileobj)
         };
+        drop(old_fileobj);
         let registered = match this.poller.borrow_mut(py)?.as_mut() {
             Some(p) => p.set_interest(fd, interest).map_err(PyErr::from),
             None => Err(closed_error()),
@@ -646,7 +663,8 @@ impl LoopCore {
             let undone = {
                 let mut st = this.state.borrow_mut(py)?;
                 let map = if writer { &mut st.writers } else { &mut st.readers };
-                map.remove(&fd)
+                let handle = map.remove(&fd);
+                (handle, st.note_fileobj(fd, fileobj))
             };
             drop(undone);
             if let Some(old) = old {
@@ -660,19 +678,37 @@ impl LoopCore {
         Ok(handle)
     }
 
+    /// selectors' `_fileobj_lookup`: the object's fd or, when it has none
+    /// (a socket closed since), the fd it was registered under, found by
+    /// identity; else the ValueError.
+    fn lookup_fd(slf: &Bound<'_, Self>, fileobj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+        let py = slf.py();
+        match fileobj_to_fd(fileobj) {
+            Ok(fd) => Ok(fd),
+            Err(err) if err.is_instance_of::<PyValueError>(py) => {
+                let st = slf.get().state.borrow_mut(py)?;
+                st.fileobjs.iter().find(|(_, obj)| obj.is(fileobj)).map(|(fd, _)| *fd).ok_or(err)
+            }
+            Err(err) => Err(err),
+        }
+    }
+
     fn clear_fd_handler(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>, writer: bool) -> PyResult<bool> {
         let py = slf.py();
         let this = slf.get();
         if this.closed.load(Ordering::Relaxed) {
             return Ok(false);
         }
-        let fd = fileobj_to_fd(fd)?;
-        let (old, interest) = {
+        let fileobj = fd;
+        let fd = Self::lookup_fd(slf, fileobj)?;
+        let (old, interest, old_fileobj) = {
             let mut st = this.state.borrow_mut(py)?;
             let map = if writer { &mut st.writers } else { &mut st.readers };
             let old = map.remove(&fd);
-            (old, st.interest(fd))
+            let old_fileobj = if old.is_some() { st.note_fileobj(fd, fileobj) } else { None };
+            (old, st.interest(fd), old_fileobj)
         };
+        drop(old_fileobj);
         let Some(old) = old else {
             return Ok(false);
         };
@@ -712,7 +748,8 @@ impl LoopCore {
         let (old, reader, writer) = {
             let mut st = this.state.borrow_mut(py)?;
             let old = st.transports.insert(fd, smallvec::smallvec![transport]);
-            (old, st.readers.remove(&fd), st.writers.remove(&fd))
+            let old_fileobj = st.fileobjs.remove(&fd);
+            ((old, old_fileobj), st.readers.remove(&fd), st.writers.remove(&fd))
         };
         drop(old);
         for handle in [reader, writer].into_iter().flatten() {
@@ -861,6 +898,12 @@ impl LoopCore {
 
     fn _remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
         Self::clear_fd_handler(slf, fd, true)
+    }
+
+    /// The fd `fileobj` is registered under (see `lookup_fd`), for the
+    /// selector view's `get_key`.
+    fn _lookup_fd(slf: &Bound<'_, Self>, fileobj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+        Self::lookup_fd(slf, fileobj)
     }
 
     /// (reader handle or None, writer handle or None) for `fd`, for the

@@ -556,3 +556,25 @@ def test_close_unregisters_readers_and_writers(sockpair):
     # The fds stay open and usable after the loop is gone.
     b.send(b"still works")
     assert a.recv(100) == b"still works"
+
+
+@pytest.mark.parametrize("which", ["reader", "writer"])
+def test_remove_after_the_socket_was_closed(loop, which):
+    # A socket closed while watched has no fileno any more (-1): it is found
+    # by identity, as selectors does (anyio closes streams this way).
+    add = getattr(loop, f"add_{which}")
+    remove = getattr(loop, f"remove_{which}")
+    a, b = socket.socketpair()
+    try:
+        add(a, lambda: None)
+        fd = a.fileno()
+        a.close()
+        assert remove(a) is True
+        assert fd not in loop._selector.get_map()
+        # Once removed, it is an unknown closed socket: an error, as a
+        # closed socket never registered is.
+        with pytest.raises(ValueError, match="Invalid file descriptor: -1"):
+            remove(a)
+    finally:
+        a.close()
+        b.close()

@@ -66,7 +66,12 @@ class _SelectorView(collections.abc.Mapping):
         return selectors.SelectorKey(fd, fd, events_mask, (reader, writer))
 
     def get_key(self, fileobj):
-        fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
+        loop = self._loop()
+        if loop is None or loop.is_closed():
+            raise KeyError(f"{fileobj!r} is not registered")
+        # An int, else fileno(), else (a socket closed since) the fd the
+        # object was registered under, as selectors looks it up.
+        fd = loop._lookup_fd(fileobj)
         key = self._key(fd)
         if key is None:
             raise KeyError(f"{fileobj!r} is not registered")
