@@ -12,6 +12,10 @@ use pyo3::types::{PyDict, PySet, PyType};
 use crate::hooks::repr_of;
 
 pub struct AsyncioApi {
+    /// asyncio's own classes, which native futures and tasks report as
+    /// their `__class__` (see `Future.__class__`).
+    pub future_class: Py<PyAny>,
+    pub task_class: Py<PyAny>,
     pub cancelled_error: Py<PyType>,
     pub invalid_state_error: Py<PyType>,
     /// `asyncio.tasks._current_tasks`: loop -> running task.
@@ -53,6 +57,8 @@ pub fn api(py: Python<'_>) -> PyResult<&AsyncioApi> {
             None
         };
         Ok::<_, PyErr>(AsyncioApi {
+            future_class: py.import("asyncio.futures")?.getattr("Future")?.unbind(),
+            task_class: tasks.getattr("Task")?.unbind(),
             cancelled_error: exceptions.getattr("CancelledError")?.cast_into::<PyType>()?.unbind(),
             invalid_state_error: exceptions
                 .getattr("InvalidStateError")?

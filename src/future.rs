@@ -468,6 +468,23 @@ impl Future {
         Ok(st.loop_.is_some() && st.phase != Phase::Pending)
     }
 
+    /// What `isinstance()` consults when the real type is not a subclass:
+    /// asyncio's Future (or Task) for an exact native future (or task), so
+    /// that `isinstance(fut, asyncio.Future)` holds, as libraries check it
+    /// (anyio decides so whether a task's awaited future already finished).
+    /// `type(fut)` is still the native class.  Subclasses report themselves.
+    #[getter(__class__)]
+    fn class_for_isinstance<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        if crate::native_types::is_exact_future(slf.as_any()) {
+            return Ok(api(py)?.future_class.bind(py).clone());
+        }
+        if crate::native_types::is_exact_task(slf.as_any()) {
+            return Ok(api(py)?.task_class.bind(py).clone());
+        }
+        Ok(slf.get_type().into_any())
+    }
+
     fn get_loop<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         self.loop_of(py)
     }

@@ -778,16 +778,40 @@ def test_native_futures_false_uses_asyncios_classes():
 @pytest.mark.skipif(not on_ferroloop(), reason="ferroloop's switch")
 def test_switch_through_run_and_the_policy():
     async def main():
-        return isinstance(asyncio.current_task(), asyncio.Task)
+        return type(asyncio.current_task())
 
-    assert ferroloop.run(main(), native_futures=False) is True
-    assert ferroloop.run(main()) is False
+    assert issubclass(ferroloop.run(main(), native_futures=False), asyncio.Task)
+    assert ferroloop.run(main()) is ferroloop.Task
     policy = ferroloop.EventLoopPolicy(native_futures=False)
     lp = policy.new_event_loop()
     try:
-        assert isinstance(lp.create_future(), asyncio.Future)
+        assert issubclass(type(lp.create_future()), asyncio.Future)
     finally:
         lp.close()
+
+
+@pytest.mark.skipif(not on_ferroloop(), reason="ferroloop's native classes")
+def test_native_classes_pass_asyncios_isinstance_checks(loop):
+    async def coro():
+        return isinstance(asyncio.current_task(), asyncio.Task)
+
+    fut = loop.create_future()
+    assert type(fut) is ferroloop.Future
+    assert isinstance(fut, asyncio.Future) and not isinstance(fut, asyncio.Task)
+    assert fut.__class__ is asyncio.Future
+    task = loop.create_task(coro())
+    assert isinstance(task, asyncio.Task) and isinstance(task, asyncio.Future)
+    assert type(task) is ferroloop.Task
+    assert loop.run_until_complete(task) is True
+    assert isinstance(task, ferroloop.Task) and isinstance(fut, ferroloop.Future)
+
+    class Sub(ferroloop.Future):
+        pass
+
+    sub = Sub(loop=loop)
+    assert sub.__class__ is Sub and not isinstance(sub, asyncio.Future)
+    with pytest.raises(AttributeError):
+        fut.__class__ = Sub
 
 
 def test_reference_cycles_through_futures_are_collected(loop):
