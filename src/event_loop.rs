@@ -227,7 +227,9 @@ impl LoopCore {
                 let name = intern!(py, "call_soon");
                 let ours = py.get_type::<LoopCore>().getattr(name);
                 let theirs = slf.get_type().getattr(name);
-                let same = matches!((ours, theirs), (Ok(a), Ok(b)) if a.is(&b));
+                // The class's own copy of our descriptor (slots.rs gives
+                // ferroloop.Loop one) is still ours.
+                let same = matches!((ours, theirs), (Ok(a), Ok(b)) if crate::slots::same_native_method(&a, &b));
                 this.native_callbacks.store(if same { 1 } else { 2 }, Ordering::Relaxed);
                 same
             }
@@ -898,6 +900,12 @@ impl LoopCore {
 
     fn _remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
         Self::clear_fd_handler(slf, fd, true)
+    }
+
+    /// Whether native futures' callbacks skip `call_soon` on this loop
+    /// (see `accepts_native_callbacks`; for tests).
+    fn _native_callbacks_enabled(slf: &Bound<'_, Self>) -> bool {
+        Self::accepts_native_callbacks(slf)
     }
 
     /// The fd `fileobj` is registered under (see `lookup_fd`), for the

@@ -574,6 +574,26 @@ unsafe extern "C" fn call_soon_threadsafe_fast(
 // class gets its own descriptors for the native methods it inherits: the
 // same C functions, with `d_type` the subclass.
 
+/// Whether `a` and `b` are the same native method: the same object, or
+/// method descriptors (such as those `bind_native_methods` makes) of the
+/// same C function.
+pub fn same_native_method(a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> bool {
+    if a.is(b) {
+        return true;
+    }
+    // SAFETY: reading the type of live objects; d_method is only read from
+    // objects whose type is exactly the method descriptor type.
+    unsafe {
+        let descr_type = std::ptr::addr_of_mut!(ffi::PyMethodDescr_Type);
+        if ffi::Py_TYPE(a.as_ptr()) != descr_type || ffi::Py_TYPE(b.as_ptr()) != descr_type {
+            return false;
+        }
+        let def_a = (*a.as_ptr().cast::<ffi::PyMethodDescrObject>()).d_method;
+        let def_b = (*b.as_ptr().cast::<ffi::PyMethodDescrObject>()).d_method;
+        def_a == def_b
+    }
+}
+
 /// Give `cls` its own descriptor for each native method it inherits
 /// unchanged from ferroloop's classes (names starting with `_` excepted:
 /// dunders are slots, and private helpers are not hot).  Returns how many.

@@ -878,6 +878,23 @@ async def _value_now():
     return 1
 
 
+@pytest.mark.skipif(not on_ferroloop(), reason="ferroloop's native callback queue")
+def test_future_callbacks_skip_call_soon_on_a_plain_loop(loop):
+    # Only an overriding call_soon (below) routes them through call_soon;
+    # the loop class's own copy of the native method is not an override.
+    assert loop._native_callbacks_enabled()
+
+    class Overriding(type(loop)):
+        def call_soon(self, *args, **kwargs):
+            return super().call_soon(*args, **kwargs)
+
+    other = Overriding()
+    try:
+        assert not other._native_callbacks_enabled()
+    finally:
+        other.close()
+
+
 def test_future_callbacks_go_through_an_overridden_call_soon(loop_factory):
     probe = loop_factory()
     base = type(probe)
