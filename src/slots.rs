@@ -574,24 +574,24 @@ unsafe extern "C" fn call_soon_threadsafe_fast(
 // class gets its own descriptors for the native methods it inherits: the
 // same C functions, with `d_type` the subclass.
 
+/// The C method definition behind `obj`, if it is exactly a method
+/// descriptor (a `method_descriptor`, as pyo3's and our methods are).
+fn method_def(obj: &Bound<'_, PyAny>) -> Option<*mut ffi::PyMethodDef> {
+    // SAFETY: reading the type of a live object; d_method is only read from
+    // an object whose type is exactly the method descriptor type.
+    unsafe {
+        if ffi::Py_TYPE(obj.as_ptr()) != std::ptr::addr_of_mut!(ffi::PyMethodDescr_Type) {
+            return None;
+        }
+        Some((*obj.as_ptr().cast::<ffi::PyMethodDescrObject>()).d_method)
+    }
+}
+
 /// Whether `a` and `b` are the same native method: the same object, or
 /// method descriptors (such as those `bind_native_methods` makes) of the
 /// same C function.
 pub fn same_native_method(a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> bool {
-    if a.is(b) {
-        return true;
-    }
-    // SAFETY: reading the type of live objects; d_method is only read from
-    // objects whose type is exactly the method descriptor type.
-    unsafe {
-        let descr_type = std::ptr::addr_of_mut!(ffi::PyMethodDescr_Type);
-        if ffi::Py_TYPE(a.as_ptr()) != descr_type || ffi::Py_TYPE(b.as_ptr()) != descr_type {
-            return false;
-        }
-        let def_a = (*a.as_ptr().cast::<ffi::PyMethodDescrObject>()).d_method;
-        let def_b = (*b.as_ptr().cast::<ffi::PyMethodDescrObject>()).d_method;
-        def_a == def_b
-    }
+    a.is(b) || matches!((method_def(a), method_def(b)), (Some(x), Some(y)) if x == y)
 }
 
 /// Give `cls` its own descriptor for each native method it inherits
@@ -629,13 +629,14 @@ fn bind_native_methods(cls: &Bound<'_, pyo3::types::PyType>) -> PyResult<usize> 
         let items: Vec<(Bound<'_, PyAny>, Bound<'_, PyAny>)> =
             base.getattr("__dict__")?.call_method0("items")?.try_iter()?.map(|item| item?.extract()).collect::<PyResult<_>>()?;
         for (name, descr) in items {
-            // SAFETY: reading the type of a live object.
-            let is_method = unsafe { ffi::Py_TYPE(descr.as_ptr()) == std::ptr::addr_of_mut!(ffi::PyMethodDescr_Type) };
+            let Some(def) = method_def(&descr) else {
+                continue;
+            };
             let private = match name.cast::<pyo3::types::PyString>() {
                 Ok(n) => n.to_str()?.starts_with('_'),
                 Err(_) => true,
             };
-            if !is_method || private || own.contains(&name)? {
+            if private || own.contains(&name)? {
                 continue;
             }
             // Only where the class would find this very descriptor (no
@@ -646,15 +647,11 @@ fn bind_native_methods(cls: &Bound<'_, pyo3::types::PyType>) -> PyResult<usize> 
             if !found.is_some_and(|f| f.is(&descr)) {
                 continue;
             }
-            // SAFETY: `descr` is a method descriptor (checked above), so its
-            // d_method points at a PyMethodDef that lives as long as the
-            // defining type, which every subclass keeps alive;
-            // PyDescr_NewMethod returns a new reference or NULL with an
-            // exception set.
-            let rebound = unsafe {
-                let def = (*descr.as_ptr().cast::<ffi::PyMethodDescrObject>()).d_method;
-                Bound::from_owned_ptr_or_err(py, ffi::PyDescr_NewMethod(tp, def))?
-            };
+            // SAFETY: `def` is a method descriptor's PyMethodDef, which lives
+            // as long as the defining type, which every subclass keeps
+            // alive; PyDescr_NewMethod returns a new reference or NULL with
+            // an exception set.
+            let rebound = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyDescr_NewMethod(tp, def))? };
             own.set_item(&name, rebound)?;
             bound += 1;
         }

@@ -13,6 +13,18 @@ import pytest
 TARGET = os.environ.get("FERROLOOP_TEST_TARGET", "ferroloop")
 
 
+def has_ipv6_loopback():
+    """Whether this machine can bind ::1 (some containers have no IPv6)."""
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(('::1', 0))
+        return True
+    except OSError:
+        return False
+
+
 def new_loop():
     """A fresh event loop of the kind under test."""
     if TARGET == "asyncio":

@@ -13,20 +13,12 @@ import tempfile
 
 import pytest
 
-from conftest import on_ferroloop, open_fds
+from conftest import has_ipv6_loopback, on_ferroloop, open_fds
 
 
 def run(loop, coro, timeout=20):
     return loop.run_until_complete(asyncio.wait_for(coro, timeout))
 
-
-def has_ipv6():
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(('::1', 0))
-        return True
-    except OSError:
-        return False
 
 
 class Collect(asyncio.DatagramProtocol):
@@ -106,7 +98,7 @@ def test_udp_echo_ipv4_addresses_as_the_socket_module_gives_them(loop):
     assert type(addr) is tuple and type(addr[0]) is str and type(addr[1]) is int
 
 
-@pytest.mark.skipif(not has_ipv6(), reason="no IPv6 loopback on this machine")
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback on this machine")
 def test_udp_echo_ipv6_four_tuples(loop):
     async def main():
         server, _ = await loop.create_datagram_endpoint(Echo, local_addr=('::1', 0))

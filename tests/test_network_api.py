@@ -14,7 +14,7 @@ import tempfile
 
 import pytest
 
-from conftest import open_fds
+from conftest import has_ipv6_loopback, open_fds
 
 try:
     from test.test_asyncio import utils as aio_test_utils
@@ -30,14 +30,6 @@ needs_certs = pytest.mark.skipif(SIGNED_CERTFILE is None or not os.path.exists(S
 def run(loop, coro, timeout=20):
     return loop.run_until_complete(asyncio.wait_for(coro, timeout))
 
-
-def has_ipv6():
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
-            s.bind(('::1', 0))
-        return True
-    except OSError:
-        return False
 
 
 class Echo(asyncio.Protocol):
@@ -139,7 +131,7 @@ def test_connection_refused_leaves_no_fd(loop):
 
 # --------------------------------------------------------------- servers
 
-@pytest.mark.skipif(not has_ipv6(), reason="no IPv6 loopback on this machine")
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback on this machine")
 def test_server_on_several_hosts_ipv4_and_ipv6(loop):
     async def main():
         server = await asyncio.start_server(

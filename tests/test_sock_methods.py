@@ -14,7 +14,7 @@ import threading
 
 import pytest
 
-from conftest import on_ferroloop, open_fds
+from conftest import has_ipv6_loopback, on_ferroloop, open_fds
 
 
 def run(loop, coro, timeout=20):
@@ -309,16 +309,7 @@ def test_udp_datagrams_and_the_addresses_the_socket_module_gives(loop):
         run(loop, main())
 
 
-def _ipv6_loopback():
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(('::1', 0))
-        return True
-    except OSError:
-        return False
-
-
-@pytest.mark.skipif(not socket.has_ipv6 or not _ipv6_loopback(), reason='no IPv6 loopback on this machine')
+@pytest.mark.skipif(not has_ipv6_loopback(), reason='no IPv6 loopback on this machine')
 def test_udp_ipv6_addresses_are_4_tuples(loop):
     async def main():
         await loop.sock_sendto(a, b'six', b.getsockname())
