@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use mio::Waker;
 use rustc_hash::FxHashMap;
-use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyOverflowError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyInt, PyTuple};
@@ -198,8 +198,9 @@ fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
     if fd < 0 {
         return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
     }
+    // selectors passes the fd on to epoll, which takes a C int.
     RawFd::try_from(fd)
-        .map_err(|_| PyValueError::new_err(format!("Invalid file descriptor: {fd}")))
+        .map_err(|_| PyOverflowError::new_err("Python int too large to convert to C int"))
 }
 
 
@@ -1113,9 +1114,12 @@ impl LoopCore {
         self.debug.load(Ordering::Relaxed)
     }
 
+    /// asyncio's `set_debug(enabled)` stores whatever it is given and
+    /// tests its truth, so `set_debug(1)` works.
     #[setter(_debug)]
-    fn set_debug_attr(&self, value: bool) {
-        self.debug.store(value, Ordering::Relaxed);
+    fn set_debug_attr(&self, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.debug.store(value.is_truthy()?, Ordering::Relaxed);
+        Ok(())
     }
 
     #[getter(_thread_id)]

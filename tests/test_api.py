@@ -313,3 +313,15 @@ def test_native_methods_are_the_subclasses_own(ferroloop):
             mine.close()
     finally:
         loop.close()
+
+
+@pytest.mark.parametrize("value, enabled", [(1, True), (0, False), ("yes", True), ("", False), (None, False)])
+def test_set_debug_takes_any_truth_value(loop, value, enabled):
+    # asyncio stores set_debug()'s argument and tests its truth.
+    loop.set_debug(value)
+    assert bool(loop.get_debug()) is enabled
+
+    async def main():
+        return bool(asyncio.get_running_loop().get_debug())
+
+    assert loop.run_until_complete(main()) is enabled

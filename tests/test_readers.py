@@ -578,3 +578,11 @@ def test_remove_after_the_socket_was_closed(loop, which):
     finally:
         a.close()
         b.close()
+
+
+def test_fd_beyond_c_int_is_an_overflow(loop):
+    # selectors hands the fd to epoll, which takes a C int: OverflowError.
+    with pytest.raises(OverflowError):
+        loop.add_reader(2 ** 40, lambda: None)
+    with pytest.raises(OverflowError):
+        loop.add_writer(2 ** 31, lambda: None)
