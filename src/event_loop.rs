@@ -42,6 +42,7 @@ use crate::poller::{FdInterest, Poller, Ready};
 use crate::scheduler::TimerHeap;
 use crate::task::Task;
 use crate::transport::StreamTransport;
+use crate::transport::io_error;
 
 /// asyncio's cap on one wait for a timer (`MAXIMUM_SELECT_TIMEOUT`).
 const MAXIMUM_SELECT_TIMEOUT: f64 = 24.0 * 3600.0;
@@ -470,12 +471,12 @@ impl LoopCore {
                 let poller = guard.as_mut().ok_or_else(closed_error)?;
                 if timeout == Some(Duration::ZERO) {
                     // Does not block: no need to release the GIL.
-                    poller.wait(timeout, &mut events)?;
+                    poller.wait(timeout, &mut events).map_err(|e| io_error(py, e))?;
                 } else {
                     this.sleeping.store(true, Ordering::SeqCst);
                     let waited = py.detach(|| poller.wait(timeout, &mut events));
                     this.sleeping.store(false, Ordering::SeqCst);
-                    waited?;
+                    waited.map_err(|e| io_error(py, e))?;
                 }
             }
             let mut st = this.state.borrow_mut(py)?;
@@ -659,7 +660,7 @@ impl LoopCore {
         };
         drop(old_fileobj);
         let registered = match this.poller.borrow_mut(py)?.as_mut() {
-            Some(p) => p.set_interest(fd, interest).map_err(PyErr::from),
+            Some(p) => p.set_interest(fd, interest).map_err(|e| io_error(py, e)),
             None => Err(closed_error()),
         };
         if let Err(err) = registered {
@@ -743,7 +744,7 @@ impl LoopCore {
             return Ok(());
         }
         match this.poller.borrow_mut(py)?.as_mut() {
-            Some(p) => p.register_edge(fd)?,
+            Some(p) => p.register_edge(fd).map_err(|e| io_error(py, e))?,
             None => return Err(closed_error()),
         }
         // The transport owns the fd now: stale readers/writers on it (a
@@ -783,7 +784,7 @@ impl LoopCore {
         };
         if last {
             if let Some(p) = this.poller.borrow_mut(py)?.as_mut() {
-                p.deregister_edge(fd)?;
+                p.deregister_edge(fd).map_err(|e| io_error(py, e))?;
             }
         }
         drop(removed);
@@ -827,7 +828,7 @@ impl LoopCore {
     #[new]
     #[pyo3(signature = (*_args, **_kwargs))]
     fn py_new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
-        let (poller, waker) = Poller::new()?;
+        let (poller, waker) = Poller::new().map_err(|e| io_error(_args.py(), e))?;
         Ok(LoopCore {
             state: GilCell::new(State::default()),
             poller: GilCell::new(Some(poller)),

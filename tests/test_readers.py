@@ -4,6 +4,7 @@ asyncio's reader and writer callbacks are level-triggered: a callback is
 called on every iteration while its fd stays ready.  ferroloop sits on mio
 (edge-triggered), so these tests pin the level-triggered behaviour down.
 """
+import errno
 import os
 import socket
 
@@ -586,3 +587,13 @@ def test_fd_beyond_c_int_is_an_overflow(loop):
         loop.add_reader(2 ** 40, lambda: None)
     with pytest.raises(OverflowError):
         loop.add_writer(2 ** 31, lambda: None)
+
+
+def test_add_reader_on_a_closed_fd_is_an_oserror_with_errno(loop):
+    r, w = os.pipe()
+    os.close(r)
+    os.close(w)
+    with pytest.raises(OSError) as info:
+        loop.add_reader(r, lambda: None)
+    assert info.value.errno == errno.EBADF
+    assert str(info.value) == '[Errno 9] Bad file descriptor'

@@ -170,6 +170,15 @@ def test_errors_are_raised_when_awaited(loop, sockpair):
         blocking.close()
 
 
+@pytest.mark.parametrize('method', ['sock_recv_into', 'sock_recvfrom_into'])
+@pytest.mark.parametrize('buf', [b'abc', 'abc'])
+def test_into_a_read_only_buffer_is_the_socket_modules_type_error(loop, sockpair, method, buf):
+    a, _ = sockpair
+    name = method[len('sock_'):]
+    with pytest.raises(TypeError, match=rf'{name}\(\) argument 1 must be read-write bytes-like object, not {type(buf).__name__}'):
+        run(loop, getattr(loop, method)(a, buf))
+
+
 def test_fd_of_a_transport_is_refused_only_when_waiting(loop):
     async def main():
         peers = []  # keep the server's writers (3.12+ closes them when collected)

@@ -10,4 +10,4 @@ mod sys;
 
 pub use sock_ops::SockOp;
 pub use stream::StreamTransport;
-pub use sys::adapt_malloc_thresholds;
+pub use sys::{adapt_malloc_thresholds, io_error};

@@ -150,6 +150,16 @@ impl Args {
     }
 }
 
+/// A writable view of `buf` for the socket method `method`, refused with
+/// the socket module's TypeError (a read-only buffer gives BufferError
+/// from the buffer protocol itself).
+fn writable_view<'py>(buf: &Bound<'py, PyAny>, method: &str) -> PyResult<BufferView<'py>> {
+    BufferView::get(buf, true).map_err(|_| {
+        let type_name = buf.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "object".into());
+        PyTypeError::new_err(format!("{method}() argument 1 must be read-write bytes-like object, not {type_name}"))
+    })
+}
+
 /// A size argument the native path takes: an exact int (anything else goes
 /// to the socket's method, which converts it or raises as Python does).
 fn exact_size(obj: &Bound<'_, PyAny>) -> Option<isize> {
@@ -229,7 +239,7 @@ impl SockOp {
                 }
             }
             Args::Into(buf) => {
-                let view = BufferView::get(buf.bind(py), true)?;
+                let view = writable_view(buf.bind(py), "recv_into")?;
                 // SAFETY: a writable view of `view.len()` bytes, held until
                 // the end of this block.
                 match unsafe { read_raw(fd, view.as_mut_ptr(), view.len()) } {
@@ -271,7 +281,7 @@ impl SockOp {
                     return self.attempt_via_methods(sock, Args::RecvFromInto(buf, n));
                 };
                 let n = usize::try_from(n).map_err(|_| PyValueError::new_err("negative buffersize in recvfrom_into"))?;
-                let view = BufferView::get(buf.bind(py), true)?;
+                let view = writable_view(buf.bind(py), "recvfrom_into")?;
                 // The socket module's rules: 0 is the whole buffer, more
                 // than the buffer is an error.
                 let n = if n == 0 { view.len() } else { n };

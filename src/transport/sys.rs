@@ -216,6 +216,16 @@ pub fn os_error(py: Python<'_>, errno: i32) -> PyErr {
     PyErr::fetch(py)
 }
 
+/// An `io::Error` as the OSError the os module would raise (errno and
+/// strerror set, the errno's subclass); pyo3's own conversion gives a bare
+/// message with no errno.
+pub fn io_error(py: Python<'_>, err: std::io::Error) -> PyErr {
+    match err.raw_os_error() {
+        Some(errno) => os_error(py, errno),
+        None => pyo3::exceptions::PyOSError::new_err(err.to_string()),
+    }
+}
+
 /// A Python buffer (bytes, bytearray, memoryview, ...) held for the
 /// duration of one call; released on drop, with the GIL still held (the
 /// `'py` lifetime ties it to the GIL token).
