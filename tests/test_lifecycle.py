@@ -498,3 +498,41 @@ def test_objects_keeping_their_own_unrun_handles_are_freed_after_close():
     finally:
         a.close()
         b.close()
+
+
+def test_closed_loop_is_freed_without_the_cyclic_collector(loop_factory):
+    # asyncio's loop, once closed, is freed by reference counting alone;
+    # ferroloop's must be too (tornado's suite checks it): no cycle through
+    # its subprocess reaper, servers, transports or executor.
+    import sys
+    import weakref
+
+    async def main():
+        lp = asyncio.get_running_loop()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, '-c', 'print("hi")', stdout=asyncio.subprocess.PIPE)
+        assert (await proc.communicate())[0].strip() == b'hi'
+        server = await asyncio.start_server(lambda r, w: w.close(), '127.0.0.1', 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection('127.0.0.1', port)
+        assert await reader.read() == b''
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+        await lp.run_in_executor(None, int)
+        lp.call_later(10, print).cancel()
+        await lp.shutdown_default_executor()
+
+    gc.collect()
+    gc.disable()
+    try:
+        lp = loop_factory()
+        lp.run_until_complete(main())
+        lp.run_until_complete(lp.shutdown_asyncgens())
+        lp.close()
+        ref = weakref.ref(lp)
+        del lp
+        assert ref() is None, gc.get_referrers(ref())
+    finally:
+        gc.enable()

@@ -73,6 +73,8 @@ class ChildReaper:
 
     def watch(self, pid, callback):
         """Call ``callback(returncode)`` on the loop once ``pid`` exits."""
+        if self._loop is None:
+            raise RuntimeError('Event loop is closed')
         if self.use_pidfd:
             try:
                 pidfd = os.pidfd_open(pid)
@@ -105,3 +107,7 @@ class ChildReaper:
             self._loop._remove_reader(pidfd)
             os.close(pidfd)
             _reap_in_thread(pid, None, self._loop)
+        # The loop holds its reaper: let go of the loop, so that a closed
+        # loop is freed by reference counting as asyncio's is, not left to
+        # the cyclic collector.
+        self._loop = None
