@@ -124,7 +124,7 @@ def test_write_checks_its_argument(loop):
     run(loop, main())
 
 
-@pytest.mark.parametrize('kind', ['bytes', 'bytearray', 'memoryview', 'writelines'])
+@pytest.mark.parametrize('kind', ['bytes', 'bytearray', 'memoryview', 'writelines', 'mixed'])
 def test_large_writes_arrive_complete_and_in_order(loop, kind):
     payload = os.urandom(1 << 16) * 64  # 4 MiB, far beyond the socket buffers
 
@@ -143,9 +143,27 @@ def test_large_writes_arrive_complete_and_in_order(loop, kind):
         elif kind == 'memoryview':
             tr.write(memoryview(payload)[:1000])
             tr.write(memoryview(payload)[1000:])
-        else:
+        elif kind == 'writelines':
             chunks = [payload[i:i + 100000] for i in range(0, len(payload), 100000)]
             tr.writelines(chunks)
+        else:
+            # Small and large pieces, bytes (large ones are queued by
+            # reference) and bytearrays (copied, then scribbled over),
+            # one by one and through writelines.
+            pos, i = 0, 0
+            while pos < len(payload):
+                size = [10, 70000, 300, 5000, 200000][i % 5]
+                piece = payload[pos:pos + size]
+                if i % 3 == 0:
+                    buf = bytearray(piece)
+                    tr.write(buf)
+                    buf[:] = b'\0' * len(buf)
+                elif i % 3 == 1:
+                    tr.write(piece)
+                else:
+                    tr.writelines([piece[:7], bytearray(piece[7:9]), piece[9:]])
+                pos += size
+                i += 1
         assert tr.get_write_buffer_size() > 0
         tr.close()  # flushes first, then connection_lost
         await receiver.lost  # the peer saw everything, then EOF

@@ -39,7 +39,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 
-use super::buffer::WriteBuffer;
+use super::buffer::{WriteBuffer, HOLD_AT_LEAST, MAX_SLICES};
 use super::sys::{
     grow_pipe, os_error, read_bytes, read_raw, shutdown_write, write, write_vectored, with_bytes, BufferView, Io, RecvError,
     WriteCall,
@@ -161,7 +161,7 @@ struct StreamState {
     /// counts writes attempted after that.  (Write pipes: set by a failed
     /// write; `closing` alone also drops writes.)
     conn_lost: u32,
-    buffer: WriteBuffer,
+    buffer: WriteBuffer<HeldBytes>,
     /// A datagram transport's queue and addresses (None for other kinds).
     dgram: Option<Box<datagram::DatagramState>>,
 }
@@ -219,8 +219,14 @@ impl StreamState {
     fn flush(&mut self) -> Option<i32> {
         let how = self.kind.write_call();
         while !self.buffer.is_empty() {
-            let want = self.buffer.len();
-            match write(self.fd, self.buffer.as_slice(), how) {
+            let (want, io) = if self.buffer.chunk_count() == 1 {
+                let only = self.buffer.slices(1).next().unwrap_or(&[]);
+                (only.len(), write(self.fd, only, how))
+            } else {
+                let want = self.buffer.slices(MAX_SLICES).map(<[u8]>::len).sum();
+                (want, write_vectored(self.fd, self.buffer.slices(MAX_SLICES), how))
+            };
+            match io {
                 Io::Done(n) => {
                     self.buffer.consume(n);
                     // A short write: the kernel's buffer is full.
@@ -277,6 +283,42 @@ impl StreamState {
         Ok(())
     }
 }
+
+/// One piece of a write: its bytes, and the `bytes` object that owns them
+/// if it is one (it may then be queued by reference).
+struct Part<'a, 'py> {
+    bytes: &'a [u8],
+    owner: Option<&'a Bound<'py, PyBytes>>,
+}
+
+/// An exact `bytes` object queued by reference in a write buffer.
+struct HeldBytes {
+    _owner: Py<PyBytes>,
+    data: *const u8,
+    len: usize,
+}
+
+impl HeldBytes {
+    fn new(owner: &Bound<'_, PyBytes>) -> Self {
+        let bytes = owner.as_bytes();
+        HeldBytes { data: bytes.as_ptr(), len: bytes.len(), _owner: owner.clone().unbind() }
+    }
+}
+
+impl AsRef<[u8]> for HeldBytes {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `data`/`len` are the buffer of the bytes object `_owner`
+        // keeps alive; a bytes object's buffer never moves or changes.
+        unsafe { std::slice::from_raw_parts(self.data, self.len) }
+    }
+}
+
+// SAFETY: the pointer is only an alias of `_owner`'s immutable buffer, read
+// (by the transport, under the GIL) while `_owner` is held; `Py` itself is
+// Send and Sync.
+unsafe impl Send for HeldBytes {}
+// SAFETY: as above: shared access only reads immutable bytes.
+unsafe impl Sync for HeldBytes {}
 
 /// What one read attempt came to.
 enum Read {
@@ -828,7 +870,7 @@ impl StreamTransport {
 
     /// Send `parts` now if nothing is queued, queue what the kernel did not
     /// take, and pause the protocol if the buffer went over the high mark.
-    fn send_or_buffer(slf: &Bound<'_, Self>, parts: &[&[u8]]) -> PyResult<()> {
+    fn send_or_buffer(slf: &Bound<'_, Self>, parts: &[Part<'_, '_>]) -> PyResult<()> {
         let py = slf.py();
         let (failed, kind) = {
             let mut st = slf.get().st.borrow_mut(py)?;
@@ -837,8 +879,8 @@ impl StreamTransport {
             if st.buffer.is_empty() {
                 let how = st.kind.write_call();
                 let io = match parts {
-                    [one] => write(st.fd, one, how),
-                    many => write_vectored(st.fd, many, how),
+                    [one] => write(st.fd, one.bytes, how),
+                    many => write_vectored(st.fd, many.iter().map(|p| p.bytes), how),
                 };
                 match io {
                     Io::Done(n) => sent = n,
@@ -853,12 +895,18 @@ impl StreamTransport {
             }
             if failed.is_none() {
                 for part in parts {
-                    if sent >= part.len() {
-                        sent -= part.len();
-                    } else {
-                        st.buffer.extend(&part[sent..]);
-                        sent = 0;
+                    let bytes = part.bytes;
+                    if sent >= bytes.len() {
+                        sent -= bytes.len();
+                        continue;
                     }
+                    match part.owner {
+                        Some(owner) if bytes.len() - sent >= HOLD_AT_LEAST => {
+                            st.buffer.push_held(HeldBytes::new(owner), sent)
+                        }
+                        _ => st.buffer.extend(&bytes[sent..]),
+                    }
+                    sent = 0;
                 }
                 // A pipe found full grows, and takes more at once.
                 if !st.buffer.is_empty() && st.kind == Kind::WritePipe && !st.pipe_grown {
@@ -1059,26 +1107,31 @@ impl StreamTransport {
         }
         Self::check_bytes_like(data)?;
         slf.get().check_writable(slf.py(), "write")?;
-        with_bytes(data, |b| {
-            if b.is_empty() || Self::count_lost_write(slf)? {
+        let owner = data.cast_exact::<PyBytes>().ok();
+        with_bytes(data, |bytes| {
+            if bytes.is_empty() || Self::count_lost_write(slf)? {
                 return Ok(());
             }
-            Self::send_or_buffer(slf, &[b])
+            Self::send_or_buffer(slf, &[Part { bytes, owner }])
         })?
     }
 
     fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
         slf.get().check_writable(slf.py(), "writelines")?;
-        let mut views = Vec::new();
+        let mut items = Vec::new();
         for item in list_of_data.try_iter()? {
             let item = item?;
             Self::check_bytes_like(&item)?;
-            views.push(BufferView::get(&item, false)?);
+            let view = BufferView::get(&item, false)?;
+            items.push((view, item));
         }
-        if views.iter().all(|v| v.len() == 0) || Self::count_lost_write(slf)? {
+        if items.iter().all(|(v, _)| v.len() == 0) || Self::count_lost_write(slf)? {
             return Ok(());
         }
-        let parts: Vec<&[u8]> = views.iter().map(|v| v.as_slice()).collect();
+        let parts: Vec<Part<'_, '_>> = items
+            .iter()
+            .map(|(view, item)| Part { bytes: view.as_slice(), owner: item.cast_exact::<PyBytes>().ok() })
+            .collect();
         Self::send_or_buffer(slf, &parts)
     }
 

@@ -77,10 +77,10 @@ pub fn write(fd: RawFd, data: &[u8], how: WriteCall) -> Io {
 }
 
 /// Gathered write of several slices (at most IOV_MAX are used).
-pub fn write_vectored(fd: RawFd, parts: &[&[u8]], how: WriteCall) -> Io {
+pub fn write_vectored<'a>(fd: RawFd, parts: impl IntoIterator<Item = &'a [u8]>, how: WriteCall) -> Io {
     const IOV_MAX: usize = 1024;
-    let iov: Vec<libc::iovec> = parts
-        .iter()
+    let iov: smallvec::SmallVec<[libc::iovec; 16]> = parts
+        .into_iter()
         .filter(|p| !p.is_empty())
         .take(IOV_MAX)
         .map(|p| libc::iovec { iov_base: p.as_ptr() as *mut libc::c_void, iov_len: p.len() })
@@ -92,7 +92,8 @@ pub fn write_vectored(fd: RawFd, parts: &[&[u8]], how: WriteCall) -> Io {
     loop {
         let n = match how {
             // SAFETY: `msg` points at `iov`, whose entries point into the
-            // live slices of `parts`; sendmsg only reads them.
+            // slices of `parts` (borrowed for 'a, so live); sendmsg only
+            // reads them.
             WriteCall::Send => unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) },
             // SAFETY: `iov` holds `iov.len()` entries pointing into the live
             // slices of `parts`; writev only reads them.
