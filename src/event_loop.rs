@@ -27,7 +27,7 @@ use rustc_hash::FxHashMap;
 use pyo3::exceptions::{PyOverflowError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyInt, PyTuple};
+use pyo3::types::{PyDict, PyFloat, PyInt, PyTuple};
 use smallvec::SmallVec;
 
 use crate::callbacks::NativeCallback;
@@ -178,6 +178,8 @@ pub struct LoopCore {
     /// Whether native futures may queue their callbacks directly (0: not
     /// known yet, 1: yes, 2: no -- the loop's class overrides call_soon).
     native_callbacks: std::sync::atomic::AtomicU8,
+    /// `time` was replaced: ask `self.time()` (see `now`).
+    custom_clock: AtomicBool,
 }
 
 fn current_thread_ident() -> u64 {
@@ -393,6 +395,7 @@ impl LoopCore {
     fn schedule_timer(
         slf: &Bound<'_, Self>,
         when: f64,
+        when_given: Option<Py<PyAny>>,
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
         context: Option<Py<PyAny>>,
@@ -409,13 +412,34 @@ impl LoopCore {
         let timer = new_untracked(
             py,
             PyClassInitializer::from(base)
-                .add_subclass(TimerHandle::new(when, this.cancelled_timers.clone())),
+                .add_subclass(TimerHandle::new(when, when_given, this.cancelled_timers.clone())),
         )?;
         // NaN never compares due in a heap; asyncio's heapq ends up running
         // such a timer at once, so order it first.
         let key = if when.is_nan() { f64::NEG_INFINITY } else { when };
         this.state.borrow_mut(py)?.timers.push(key, timer.clone_ref(py));
         Ok(timer)
+    }
+
+    /// The current loop time: `monotonic()`, or `self.time()` once `time`
+    /// was replaced (see `_custom_clock`).
+    fn now(slf: &Bound<'_, Self>) -> PyResult<f64> {
+        if slf.get().custom_clock.load(Ordering::Relaxed) {
+            slf.call_method0(intern!(slf.py(), "time"))?.extract()
+        } else {
+            Ok(monotonic())
+        }
+    }
+
+    /// `now()` if the clock was replaced, else None (and `monotonic()` is read
+    /// later, where needed): lets the run loop read a Python clock before
+    /// borrowing its state.
+    fn custom_now(slf: &Bound<'_, Self>) -> PyResult<Option<f64>> {
+        if slf.get().custom_clock.load(Ordering::Relaxed) {
+            Self::now(slf).map(Some)
+        } else {
+            Ok(None)
+        }
     }
 
     /// One iteration of the loop (see the module docs).
@@ -427,6 +451,7 @@ impl LoopCore {
         // no timers, nothing is allocated or dropped for them: this runs for
         // every callback of a call_soon chain.)
         let mut removed: Option<Vec<Py<TimerHandle>>> = None;
+        let custom_now = Self::custom_now(slf)?;
         let timeout = {
             let mut st = this.state.borrow_mut(py)?;
             if !st.timers.is_empty() {
@@ -444,7 +469,8 @@ impl LoopCore {
             if !st.ready.is_empty() || !st.io_retry.is_empty() || this.stopping.load(Ordering::Relaxed) {
                 Some(Duration::ZERO)
             } else if let Some(when) = st.timers.next_deadline() {
-                let secs = (when - monotonic()).clamp(0.0, MAXIMUM_SELECT_TIMEOUT);
+                let now = custom_now.unwrap_or_else(monotonic);
+                let secs = (when - now).clamp(0.0, MAXIMUM_SELECT_TIMEOUT);
                 Some(Duration::from_secs_f64(secs))
             } else {
                 None
@@ -546,11 +572,12 @@ impl LoopCore {
 
         // 4: timers that are due join the ready queue; 5 starts by taking
         // the whole queue as this iteration's batch.
+        let due_now = Self::custom_now(slf)?;
         let mut batch = {
             let mut st = this.state.borrow_mut(py)?;
             let st = &mut *st;
             if !st.timers.is_empty() {
-                let end = monotonic() + CLOCK_RESOLUTION;
+                let end = due_now.unwrap_or_else(monotonic) + CLOCK_RESOLUTION;
                 while let Some(timer) = st.timers.pop_due(end) {
                     timer.get().unschedule();
                     if timer.bind(py).as_super().get().is_cancelled() {
@@ -626,9 +653,9 @@ impl LoopCore {
             return Ok(());
         };
         slf.setattr(intern!(py, "_current_handle"), &handle)?;
-        let t0 = monotonic();
+        let t0 = Self::now(slf)?;
         let outcome = Self::run_callback(py, cb);
-        let dt = monotonic() - t0;
+        let dt = Self::now(slf)? - t0;
         slf.setattr(intern!(py, "_current_handle"), py.None())?;
         outcome?;
         let slow: f64 = slf.getattr(intern!(py, "slow_callback_duration"))?.extract()?;
@@ -844,12 +871,26 @@ impl LoopCore {
             native_futures: AtomicBool::new(true),
             task_factory: GilCell::new(None),
             native_callbacks: std::sync::atomic::AtomicU8::new(0),
+            custom_clock: AtomicBool::new(false),
         })
     }
 
     /// The loop's clock, the same as `time.monotonic()`.
     fn time(&self) -> f64 {
         monotonic()
+    }
+
+    /// Whether `time` was replaced (on the instance, or by a subclass):
+    /// then the scheduler asks `self.time()` for the current time, as
+    /// asyncio's does, so that a patched clock decides which timers are due.
+    #[getter(_custom_clock)]
+    fn custom_clock(&self) -> bool {
+        self.custom_clock.load(Ordering::Relaxed)
+    }
+
+    #[setter(_custom_clock)]
+    fn set_custom_clock(&self, value: bool) {
+        self.custom_clock.store(value, Ordering::Relaxed);
     }
 
     #[pyo3(signature = (delay, callback, *args, context=None))]
@@ -861,19 +902,26 @@ impl LoopCore {
         context: Option<Py<PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
         let delay = delay.ok_or_else(|| PyTypeError::new_err("delay must not be None"))?;
-        Self::schedule_timer(slf, monotonic() + delay, callback, args, context, "call_later")
+        let now = Self::now(slf)?;
+        Self::schedule_timer(slf, now + delay, None, callback, args, context, "call_later")
     }
 
     #[pyo3(signature = (when, callback, *args, context=None))]
     fn call_at(
         slf: &Bound<'_, Self>,
-        when: Option<f64>,
+        when: &Bound<'_, PyAny>,
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
         context: Option<Py<PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
-        let when = when.ok_or_else(|| PyTypeError::new_err("when cannot be None"))?;
-        Self::schedule_timer(slf, when, callback, args, context, "call_at")
+        if when.is_none() {
+            return Err(PyTypeError::new_err("when cannot be None"));
+        }
+        let (deadline, given) = match when.cast_exact::<PyFloat>() {
+            Ok(f) => (f.value(), None),
+            Err(_) => (when.extract::<f64>()?, Some(when.clone().unbind())),
+        };
+        Self::schedule_timer(slf, deadline, given, callback, args, context, "call_at")
     }
 
     #[pyo3(signature = (fd, callback, *args))]

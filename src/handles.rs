@@ -658,14 +658,26 @@ impl Handle {
 #[pyclass(module = "ferroloop", extends = Handle, frozen)]
 pub struct TimerHandle {
     when: f64,
+    /// `call_at`'s argument when it was not a float (an int, say): asyncio's
+    /// `when()` gives back what it was given (aiohttp rounds deadlines to
+    /// ints and checks for one).
+    when_given: Option<Py<PyAny>>,
     scheduled: AtomicBool,
     /// The owning loop's count of cancelled timers still in its heap.
     cancelled_in_heap: Arc<AtomicUsize>,
 }
 
 impl TimerHandle {
-    pub fn new(when: f64, cancelled_in_heap: Arc<AtomicUsize>) -> Self {
-        TimerHandle { when, scheduled: AtomicBool::new(true), cancelled_in_heap }
+    pub fn new(when: f64, when_given: Option<Py<PyAny>>, cancelled_in_heap: Arc<AtomicUsize>) -> Self {
+        TimerHandle { when, when_given, scheduled: AtomicBool::new(true), cancelled_in_heap }
+    }
+
+    /// The deadline as Python sees it.
+    fn when_object(&self, py: Python<'_>) -> Py<PyAny> {
+        match &self.when_given {
+            Some(given) => given.clone_ref(py),
+            None => pyo3::types::PyFloat::new(py, self.when).into_any().unbind(),
+        }
     }
 
     /// Called when the loop takes the timer out of its heap.
@@ -680,8 +692,8 @@ impl TimerHandle {
 
 #[pymethods]
 impl TimerHandle {
-    fn when(&self) -> f64 {
-        self.when
+    fn when(&self, py: Python<'_>) -> Py<PyAny> {
+        self.when_object(py)
     }
 
     fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -693,8 +705,8 @@ impl TimerHandle {
     }
 
     #[getter]
-    fn _when(&self) -> f64 {
-        self.when
+    fn _when(&self, py: Python<'_>) -> Py<PyAny> {
+        self.when_object(py)
     }
 
     #[getter]
@@ -702,9 +714,9 @@ impl TimerHandle {
         self.scheduled.load(Ordering::Relaxed)
     }
 
-    fn __hash__(&self) -> u64 {
-        // Hash like asyncio's: by deadline.
-        self.when.to_bits()
+    fn __hash__(&self, py: Python<'_>) -> PyResult<isize> {
+        // Hash like asyncio's: hash(self._when).
+        self.when_object(py).bind(py).hash()
     }
 
     fn __richcmp__(

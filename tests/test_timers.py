@@ -137,6 +137,63 @@ def test_when_returns_the_absolute_deadline(loop):
     h2.cancel()
 
 
+def test_call_at_keeps_the_deadline_object_it_was_given(loop):
+    # asyncio's TimerHandle returns call_at's argument as is (aiohttp rounds
+    # its deadlines up to ints and checks that it gets an int back).
+    deadline = math.ceil(loop.time()) + 100
+    h = loop.call_at(deadline, lambda: None)
+    assert h.when() == deadline and type(h.when()) is int
+    assert type(h._when) is int
+    assert hash(h) == hash(deadline)
+    f = loop.call_at(deadline - 0.5, lambda: None)
+    assert type(f.when()) is float and hash(f) == hash(deadline - 0.5)
+    assert f < h and h > f
+    later = loop.call_later(1, lambda: None)
+    assert type(later.when()) is float
+    for t in (h, f, later):
+        t.cancel()
+
+
+def test_a_patched_clock_decides_which_timers_are_due(loop):
+    # mock.patch.object(loop, 'time') (aiohttp's tests do it): call_later
+    # and the due check follow the replaced clock, as asyncio's do.
+    from unittest import mock
+
+    fired = []
+    real_now = loop.time()
+    with mock.patch.object(loop, 'time') as clock:
+        clock.return_value = real_now - 3600
+        h = loop.call_later(3600.5, fired.append, 'timer')
+        assert abs(h.when() - (real_now + 0.5)) < 1e-6
+        clock.return_value = real_now + 1  # past the deadline
+        run_one_iteration(loop)
+        assert fired == ['timer']
+    # The patch is gone: the real clock again.
+    h = loop.call_later(100, fired.append, 'late')
+    assert h.when() > real_now + 99
+    run_one_iteration(loop)
+    assert fired == ['timer']
+    h.cancel()
+
+
+def test_a_subclass_clock_is_the_loops_clock(loop_factory):
+    probe = loop_factory()
+    base = type(probe)
+    probe.close()
+
+    class ShiftedClock(base):
+        def time(self):
+            return super().time() + 1000.0
+
+    lp = ShiftedClock()
+    try:
+        h = lp.call_later(0.01, lp.stop)
+        assert abs(h.when() - (time.monotonic() + 1000.01)) < 1
+        lp.run_forever()  # returns: the timer fired on the shifted clock
+    finally:
+        lp.close()
+
+
 def test_timers_never_fire_early(loop):
     late_by = []
 

@@ -119,6 +119,8 @@ class Loop(_ferroloop.LoopCore, unix_events.SelectorEventLoop):
         self._claimed_wakeup_fd = False
         self._old_agen_hooks = None
         self._children = ChildReaper(self)
+        if type(self).time is not Loop.time:
+            self._custom_clock = True
 
     def __setattr__(self, name, value):
         if name == 'call_soon':
@@ -127,6 +129,15 @@ class Loop(_ferroloop.LoopCore, unix_events.SelectorEventLoop):
             # it would with asyncio's futures.
             self._route_callbacks_through_call_soon()
         super().__setattr__(name, value)
+        if name == 'time':
+            # A replaced clock (mock.patch.object(loop, 'time')) decides
+            # which timers are due, as with asyncio's loop.
+            self._custom_clock = True
+
+    def __delattr__(self, name):
+        super().__delattr__(name)
+        if name == 'time':
+            self._custom_clock = type(self).time is not Loop.time
 
     # -- running ---------------------------------------------------------
 
