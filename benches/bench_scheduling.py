@@ -480,6 +480,38 @@ def wl_taskgroup(loop, n):
     return ns
 
 
+TREE_BRANCHES = 6
+
+
+async def _tree_node(size):
+    """A task tree of `size` tasks, TREE_BRANCHES children per node, each
+    node joining its children in a TaskGroup (pyperformance's async_tree
+    shape); returns the number of tasks that ran."""
+    rest = size - 1
+    if rest <= 0:
+        return 1
+    per, extra = divmod(rest, TREE_BRANCHES)
+    async with asyncio.TaskGroup() as tg:
+        kids = [tg.create_task(_tree_node(per + (1 if i < extra else 0)))
+                for i in range(min(TREE_BRANCHES, rest))]
+    return 1 + sum(k.result() for k in kids)
+
+
+async def _eager_tree(loop, n):
+    eager = getattr(asyncio, "eager_task_factory", None)  # 3.12+
+    loop.set_task_factory(eager)
+    try:
+        return await _tree_node(n)
+    finally:
+        loop.set_task_factory(None)
+
+
+def wl_eager_tree(loop, n):
+    ns, ran = _run_coro(loop, _eager_tree(loop, n))
+    check(ran == n, f"{ran} of {n} tasks ran")
+    return ns
+
+
 async def _pending_memory(loop, n):
     import tracemalloc
 
@@ -553,6 +585,9 @@ WORKLOADS = (
              "one waiter woken"),
     Workload("taskgroup", "TaskGroup fan-out", wl_taskgroup, 20_000,
              "one task created in a TaskGroup and joined"),
+    Workload("eager_tree", "eager TaskGroup tree", wl_eager_tree, 20_000,
+             "one task of a 6-ary TaskGroup tree, made by asyncio.eager_task_factory"
+             " (3.12+; on 3.11 not eager)"),
     Workload("pending_memory", "memory per pending task", wl_pending_memory, 20_000,
              "one task suspended on a future (bytes)", unit="bytes"),
 )

@@ -22,6 +22,8 @@ pub struct AsyncioApi {
     pub current_tasks: Py<PyDict>,
     /// `asyncio.tasks._eager_tasks` (3.12+).
     pub eager_tasks: Option<Py<PySet>>,
+    /// `asyncio.eager_task_factory` (3.12+), which create_task recognises.
+    pub eager_task_factory: Option<Py<PyAny>>,
     pub iscoroutine: Py<PyAny>,
     pub get_running_loop_or_none: Py<PyAny>,
     pub get_event_loop_policy: Py<PyAny>,
@@ -51,10 +53,13 @@ pub fn api(py: Python<'_>) -> PyResult<&AsyncioApi> {
         let events = py.import("asyncio.events")?;
         let version = py.version_info();
         let has_eager = (version.major, version.minor) >= (3, 12);
-        let eager_tasks = if has_eager {
-            Some(tasks.getattr("_eager_tasks")?.cast_into::<PySet>()?.unbind())
+        let (eager_tasks, eager_task_factory) = if has_eager {
+            (
+                Some(tasks.getattr("_eager_tasks")?.cast_into::<PySet>()?.unbind()),
+                Some(tasks.getattr("eager_task_factory")?.unbind()),
+            )
         } else {
-            None
+            (None, None)
         };
         Ok::<_, PyErr>(AsyncioApi {
             future_class: py.import("asyncio.futures")?.getattr("Future")?.unbind(),
@@ -66,6 +71,7 @@ pub fn api(py: Python<'_>) -> PyResult<&AsyncioApi> {
                 .unbind(),
             current_tasks: tasks.getattr("_current_tasks")?.cast_into::<PyDict>()?.unbind(),
             eager_tasks,
+            eager_task_factory,
             iscoroutine: py.import("asyncio.coroutines")?.getattr("iscoroutine")?.unbind(),
             get_running_loop_or_none: events.getattr("_get_running_loop")?.unbind(),
             get_event_loop_policy: events.getattr("get_event_loop_policy")?.unbind(),

@@ -42,6 +42,7 @@ use crate::poller::{FdInterest, Poller, Ready};
 use crate::scheduler::TimerHeap;
 use crate::task::Task;
 use crate::transport::StreamTransport;
+use crate::asyncio_api::api;
 use crate::transport::io_error;
 
 /// asyncio's cap on one wait for a timer (`MAXIMUM_SELECT_TIMEOUT`).
@@ -419,6 +420,11 @@ impl LoopCore {
         let key = if when.is_nan() { f64::NEG_INFINITY } else { when };
         this.state.borrow_mut(py)?.timers.push(key, timer.clone_ref(py));
         Ok(timer)
+    }
+
+    /// Whether `factory` is `asyncio.eager_task_factory` itself.
+    fn is_asyncio_eager_factory(py: Python<'_>, factory: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Ok(api(py)?.eager_task_factory.as_ref().is_some_and(|f| factory.is(f.bind(py))))
     }
 
     /// The current loop time: `monotonic()`, or `self.time()` once `time`
@@ -1092,13 +1098,41 @@ impl LoopCore {
         let this = slf.get();
         this.check_closed()?;
         let plain_kwargs = kwargs.is_none_or(|k| k.is_empty());
-        let fast = plain_kwargs
-            && this.native_futures.load(Ordering::Relaxed)
-            && !this.is_debug()
-            && this.task_factory.borrow_mut(py)?.is_none();
-        if fast {
-            let name = name.filter(|n| !n.is_none());
-            return Ok(Task::create(py, slf.clone().into_any(), coro, name, context, None)?.into_any());
+        let name = name.filter(|n| !n.is_none());
+        let factory = this.task_factory.borrow_mut(py)?.as_ref().map(|f| f.clone_ref(py).into_bound(py));
+        if plain_kwargs && !this.is_debug() {
+            let native = this.native_futures.load(Ordering::Relaxed);
+            match factory {
+                None if native => {
+                    return Ok(Task::create(py, slf.clone().into_any(), coro, name, context, None)?.into_any());
+                }
+                // asyncio.eager_task_factory: a native eager task, without
+                // the factory's Python frame and keyword dicts.  Named after
+                // the eager step, as asyncio names a factory's task.
+                Some(f) if native && Self::is_asyncio_eager_factory(py, &f)? => {
+                    let task = Task::create(py, slf.clone().into_any(), coro, None, context, Some(true))?;
+                    if let Some(name) = name {
+                        task.bind(py).call_method1(intern!(py, "set_name"), (name,))?;
+                    }
+                    return Ok(task.into_any());
+                }
+                // Any other factory, called as asyncio's create_task calls it.
+                Some(f) => {
+                    let task = match context.filter(|c| !c.is_none(py)) {
+                        None => f.call1((slf, coro))?,
+                        Some(c) => {
+                            let kw = PyDict::new(py);
+                            kw.set_item(intern!(py, "context"), c)?;
+                            f.call((slf, coro), Some(&kw))?
+                        }
+                    };
+                    if let Some(name) = name {
+                        task.call_method1(intern!(py, "set_name"), (name,))?;
+                    }
+                    return Ok(task.unbind());
+                }
+                None => {}
+            }
         }
         let all = PyDict::new(py);
         if let Some(k) = kwargs {

@@ -508,6 +508,39 @@ def test_eager_task_factory(loop):
                      "after create 2", "resumed"]
 
 
+@pytest.mark.skipif(not PY312, reason="eager_task_factory is new in 3.12")
+def test_eager_task_factory_name_context_and_current_task(loop):
+    # The eager step runs inside create_task with the task as current task
+    # and in the given context; the name is set after it (asyncio sets a
+    # factory-made task's name once the factory returned).
+    loop.set_task_factory(asyncio.eager_task_factory)
+    var = contextvars.ContextVar('var', default='unset')
+    seen = {}
+
+    async def child():
+        seen['current'] = asyncio.current_task()
+        seen['var'] = var.get()
+        seen['name'] = asyncio.current_task().get_name()
+        await asyncio.sleep(0)
+        seen['name later'] = asyncio.current_task().get_name()
+        return 'done'
+
+    async def main():
+        ctx = contextvars.copy_context()
+        ctx.run(var.set, 'in ctx')
+        t = loop.create_task(child(), name='given', context=ctx)
+        assert seen['current'] is t
+        assert asyncio.current_task() is not t  # restored after the step
+        assert not t.done() and t in asyncio.all_tasks()
+        assert t.get_name() == 'given'
+        assert isinstance(t, asyncio.Task)
+        return await t
+
+    assert loop.run_until_complete(main()) == 'done'
+    assert seen['var'] == 'in ctx'
+    assert seen['name'] != 'given' and seen['name later'] == 'given'
+
+
 # ---------------------------------------------------------------- runners
 
 
