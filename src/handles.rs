@@ -501,13 +501,14 @@ impl Handle {
         if this.cancelled.load(Ordering::Relaxed) {
             return Ok(());
         }
+        this.cancelled.store(true, Ordering::Relaxed);
         if this.debug {
-            // Keep a readable repr for debugging before the callback goes.
+            // Keep a readable repr for debugging before the callback goes
+            // (taken once cancelled, so it says so, as asyncio's does).
             let r = slf.repr()?.into_any().unbind();
             let old = this.saved_repr.borrow_mut(slf.py())?.replace(r);
             drop(old);
         }
-        this.cancelled.store(true, Ordering::Relaxed);
         let dropped = this.slot.borrow_mut(slf.py())?.callable.take();
         drop(dropped);
         Ok(())

@@ -632,3 +632,25 @@ def test_new_methods_are_coroutines_with_asyncio_checks(loop):
     finally:
         udp.close()
         srv.close()
+
+
+def test_closing_a_waiting_sock_coroutine_after_the_loop_closed_is_silent(sockpair):
+    # A task left waiting in sock_recv when its loop closes: closing its
+    # coroutine later (garbage collection does) raises nothing, as asyncio's
+    # coroutine does not.
+    from conftest import new_loop
+
+    a, _ = sockpair
+    lp = new_loop()
+    try:
+        async def reader():
+            return await lp.sock_recv(a, 10)
+
+        coro = reader()
+        task = lp.create_task(coro)
+        lp.run_until_complete(asyncio.sleep(0.01))
+        assert not task.done()
+        task._log_destroy_pending = False
+    finally:
+        lp.close()
+    coro.close()

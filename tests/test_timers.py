@@ -377,6 +377,25 @@ def test_timer_handle_repr(loop):
     assert "cancelled" in repr(h)
 
 
+@pytest.mark.parametrize('debug', [False, True])
+def test_cancelled_handle_reprs_match_asyncio(loop, debug):
+    # In debug mode cancel() keeps a repr for later logs, taken once the
+    # handle is cancelled (so it says so); 'cancelled' comes before 'when='.
+    def cb(x):
+        pass
+
+    loop.set_debug(debug)
+    h = loop.call_soon(cb, 1)
+    t = loop.call_later(10, cb, 2)
+    h.cancel()
+    t.cancel()
+    assert repr(h).startswith('<Handle cancelled')
+    assert repr(t).startswith(f'<TimerHandle cancelled when={t.when()}')
+    if debug:
+        assert 'cb(1)' in repr(h) and 'cb(2)' in repr(t)
+    loop.set_debug(False)
+
+
 def test_timer_handle_is_a_handle(loop):
     h = loop.call_later(10, lambda: None)
     # both must expose the Handle API

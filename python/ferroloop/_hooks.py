@@ -32,7 +32,8 @@ def handle_repr(handle):
         info.append(f'created at {frame[0]}:{frame[1]}')
     when = getattr(handle, '_when', None)
     if when is not None:
-        info.insert(1, f'when={when}')
+        # After 'cancelled', as asyncio's TimerHandle._repr_info puts it.
+        info.insert(2 if handle._cancelled else 1, f'when={when}')
     return '<{}>'.format(' '.join(info))
 
 

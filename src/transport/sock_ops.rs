@@ -509,11 +509,24 @@ impl SockOp {
         }
     }
 
-    /// Stop waiting: stop watching the fd and cancel the future.
+    /// Stop waiting: stop watching the fd and cancel the future.  On a
+    /// closed loop the future is left alone (cancelling would schedule its
+    /// callbacks on the closed loop, an error): asyncio's coroutine, closed
+    /// there, leaves its future pending too, silently.
     fn abandon(&self, py: Python<'_>) -> PyResult<()> {
-        let fut = self.st.borrow_mut(py)?.fut.as_ref().map(|f| f.clone_ref(py));
+        let (fut, loop_) = {
+            let st = self.st.borrow_mut(py)?;
+            (st.fut.as_ref().map(|f| f.clone_ref(py)), st.loop_.as_ref().map(|l| l.clone_ref(py)))
+        };
         let unwatched = self.unwatch(py);
-        if let Some(fut) = fut {
+        let loop_closed = match loop_ {
+            Some(l) => match l.bind(py).cast::<LoopCore>() {
+                Ok(core) => core.get().is_closed(),
+                Err(_) => l.bind(py).call_method0(intern!(py, "is_closed"))?.is_truthy()?,
+            },
+            None => true,
+        };
+        if let (Some(fut), false) = (fut, loop_closed) {
             fut.bind(py).call_method0(intern!(py, "cancel"))?;
         }
         self.release(py);
