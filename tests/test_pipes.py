@@ -433,6 +433,44 @@ def test_pipes_seen_full_grow(loop):
     run(loop, main())
 
 
+@pytest.mark.skipif(not on_ferroloop(), reason='ferroloop-only: pipes seen full grow to 1 MiB')
+def test_at_most_sixteen_pipes_are_grown_at_once(loop):
+    # The pipe-buffer quota is per user: a process with many busy pipes
+    # grows only 16 of them at a time, and a closed pipe gives its slot back.
+    import fcntl
+
+    def capacity(fd):
+        return fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
+
+    async def fill(count):
+        pipes = [os.pipe() for _ in range(count)]
+        made = []
+        for r, w in pipes:
+            tr, proto = await loop.connect_write_pipe(lambda: PipeRecorder(loop), open(w, 'wb', 0))
+            tr.write(b'x' * (2 << 20))  # more than a pipe holds, even grown
+            made.append((tr, proto, r, w))
+        return made
+
+    async def close_all(made):
+        for tr, _, _, _ in made:
+            tr.abort()
+        await asyncio.gather(*(proto.lost for _, proto, _, _ in made))
+        for _, _, r, _ in made:
+            os.close(r)
+
+    async def main():
+        made = await fill(20)
+        grown = [capacity(r) for _, _, r, _ in made].count(1 << 20)
+        assert 1 <= grown <= 16  # (slots held by pipes still open elsewhere count too)
+        await close_all(made)
+        # The slots are free again.
+        again = await fill(1)
+        assert capacity(again[0][2]) == 1 << 20
+        await close_all(again)
+
+    run(loop, main())
+
+
 def test_pty_master_as_read_and_write_pipe(loop):
     # One fd, two transports (as terminal emulators and expect-like tools
     # use a pty master): both keep working, closing one leaves the other.

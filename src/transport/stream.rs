@@ -31,6 +31,7 @@
 //!   transport was created in, as asyncio's reader handle does.
 
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::intern;
@@ -108,6 +109,31 @@ const DEFAULT_PIPE_CAPACITY: usize = 64 * 1024;
 /// pipe went from ~1.4 s to ~0.2 s on these machines.  Only pipes seen
 /// full grow, so idle pipes do not use up the user's pipe-buffer quota.
 const GROWN_PIPE_CAPACITY: usize = 1024 * 1024;
+/// At most this many pipes of the process are grown at once.  The pipe
+/// quota (pipe-user-pages-soft, 64 MiB by default) is per user, and a user
+/// over it gets one-page pipes everywhere: many busy children then stay
+/// within a quarter of it, and the rest keep the default capacity.
+const MAX_GROWN_PIPES: usize = 16;
+static GROWN_PIPES: AtomicUsize = AtomicUsize::new(0);
+
+/// One of the MAX_GROWN_PIPES slots, given back when dropped (the transport
+/// closed its pipe, or was freed).
+struct GrownPipe;
+
+impl GrownPipe {
+    fn claim() -> Option<GrownPipe> {
+        GROWN_PIPES
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < MAX_GROWN_PIPES).then_some(n + 1))
+            .ok()
+            .map(|_| GrownPipe)
+    }
+}
+
+impl Drop for GrownPipe {
+    fn drop(&mut self) {
+        GROWN_PIPES.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 /// asyncio's default write buffer limits (`_FlowControlMixin`).
 const DEFAULT_HIGH_WATER: usize = 64 * 1024;
 
@@ -157,6 +183,8 @@ struct StreamState {
     protocol_paused: bool,
     /// A pipe's buffer was grown (or that was tried): see GROWN_PIPE_CAPACITY.
     pipe_grown: bool,
+    /// Held while this transport's pipe is grown: see MAX_GROWN_PIPES.
+    grown_slot: Option<GrownPipe>,
     /// asyncio's `_conn_lost`: set once connection_lost is scheduled, then
     /// counts writes attempted after that.  (Write pipes: set by a failed
     /// write; `closing` alone also drops writes.)
@@ -211,7 +239,14 @@ impl StreamState {
             return false;
         }
         self.pipe_grown = true;
-        grow_pipe(self.fd, GROWN_PIPE_CAPACITY)
+        let Some(slot) = GrownPipe::claim() else {
+            return false;
+        };
+        let grown = grow_pipe(self.fd, GROWN_PIPE_CAPACITY);
+        if grown {
+            self.grown_slot = Some(slot);
+        }
+        grown
     }
 
     /// Write out as much of the buffer as the fd takes.  Some(errno) if a
@@ -769,7 +804,7 @@ impl StreamTransport {
             let mut st = slf.get().st.borrow_mut(py)?;
             let protocol = if lost { (st.protocol.take(), st.on_data.take(), st.on_get_buffer.take()) } else { (None, None, None) };
             let datagrams = st.dgram.as_mut().map(|d| d.take_refs());
-            (st.loop_.take(), st.sock.take(), (protocol, datagrams), st.server.take(), st.fd)
+            (st.loop_.take(), st.sock.take(), (protocol, datagrams, st.grown_slot.take()), st.server.take(), st.fd)
         };
         // Deregister before closing: the fd number may be reused at once.
         let unwatched = match &loop_ {
