@@ -890,12 +890,12 @@ impl LoopCore {
     /// then the scheduler asks `self.time()` for the current time, as
     /// asyncio's does, so that a patched clock decides which timers are due.
     #[getter(_custom_clock)]
-    fn custom_clock(&self) -> bool {
+    fn custom_clock_attr(&self) -> bool {
         self.custom_clock.load(Ordering::Relaxed)
     }
 
     #[setter(_custom_clock)]
-    fn set_custom_clock(&self, value: bool) {
+    fn set_custom_clock_attr(&self, value: bool) {
         self.custom_clock.store(value, Ordering::Relaxed);
     }
 
