@@ -119,8 +119,7 @@ class Loop(_ferroloop.LoopCore, unix_events.SelectorEventLoop):
         self._claimed_wakeup_fd = False
         self._old_agen_hooks = None
         self._children = ChildReaper(self)
-        if type(self).time is not Loop.time:
-            self._custom_clock = True
+        self._follow_clock()
 
     def __setattr__(self, name, value):
         if name == 'call_soon':
@@ -130,14 +129,17 @@ class Loop(_ferroloop.LoopCore, unix_events.SelectorEventLoop):
             self._route_callbacks_through_call_soon()
         super().__setattr__(name, value)
         if name == 'time':
-            # A replaced clock (mock.patch.object(loop, 'time')) decides
-            # which timers are due, as with asyncio's loop.
-            self._custom_clock = True
+            self._follow_clock()
 
     def __delattr__(self, name):
         super().__delattr__(name)
         if name == 'time':
-            self._custom_clock = type(self).time is not Loop.time
+            self._follow_clock()
+
+    def _follow_clock(self):
+        # A replaced clock (mock.patch.object(loop, 'time'), or a subclass's
+        # time()) decides which timers are due, as with asyncio's loop.
+        self._custom_clock = 'time' in vars(self) or type(self).time is not Loop.time
 
     # -- running ---------------------------------------------------------
 
