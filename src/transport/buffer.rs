@@ -132,12 +132,6 @@ impl<H: AsRef<[u8]>> WriteBuffer<H> {
             n -= live;
             self.pop_front();
         }
-        if self.len == 0 {
-            // Nothing left: also drop fully sent chunks kept by n == 0.
-            while !self.chunks.is_empty() {
-                self.pop_front();
-            }
-        }
     }
 
     fn pop_front(&mut self) {
