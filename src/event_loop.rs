@@ -1106,24 +1106,22 @@ impl LoopCore {
                 None if native => {
                     return Ok(Task::create(py, slf.clone().into_any(), coro, name, context, None)?.into_any());
                 }
-                // asyncio.eager_task_factory: a native eager task, without
-                // the factory's Python frame and keyword dicts.  Named after
-                // the eager step, as asyncio names a factory's task.
-                Some(f) if native && Self::is_asyncio_eager_factory(py, &f)? => {
-                    let task = Task::create(py, slf.clone().into_any(), coro, None, context, Some(true))?;
-                    if let Some(name) = name {
-                        task.bind(py).call_method1(intern!(py, "set_name"), (name,))?;
-                    }
-                    return Ok(task.into_any());
-                }
-                // Any other factory, called as asyncio's create_task calls it.
+                // A factory's task is named once it is made, as asyncio
+                // names it (so after an eager task's first step).
                 Some(f) => {
-                    let task = match context.filter(|c| !c.is_none(py)) {
-                        None => f.call1((slf, coro))?,
-                        Some(c) => {
-                            let kw = PyDict::new(py);
-                            kw.set_item(intern!(py, "context"), c)?;
-                            f.call((slf, coro), Some(&kw))?
+                    let task = if native && Self::is_asyncio_eager_factory(py, &f)? {
+                        // asyncio.eager_task_factory: a native eager task,
+                        // without the factory's Python frame and keyword dicts.
+                        Task::create(py, slf.clone().into_any(), coro, None, context, Some(true))?.into_bound(py).into_any()
+                    } else {
+                        // Any other factory, called as asyncio's create_task calls it.
+                        match context.filter(|c| !c.is_none(py)) {
+                            None => f.call1((slf, coro))?,
+                            Some(c) => {
+                                let kw = PyDict::new(py);
+                                kw.set_item(intern!(py, "context"), c)?;
+                                f.call((slf, coro), Some(&kw))?
+                            }
                         }
                     };
                     if let Some(name) = name {
