@@ -158,6 +158,9 @@ DEFAULT_MODULES = (
     # explicitly, see docstring point 4.  test_protocols only checks the ABCs.
     "test_server", "test_sock_lowlevel", "test_sendfile",
     "test_buffered_proto", "test_protocols",
+    # 3.13 only: staggered_race, which create_connection's happy eyeballs
+    # runs on native tasks.
+    "test_staggered",
 )
 # Submission order: longest first, so that -j2 packs well.  Measured per
 # run on this 2-core machine (3.11-3.13): test_tasks 23-31s, test_events
