@@ -13,7 +13,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
 use crate::future::DoneCallback;
-use crate::handles::{is_fatal, run_in_context, CallArgs, Handle, LoopRef};
+use crate::handles::{call_in_context, is_fatal, run_in_context, run_like_handle, CallArgs, Handle, LoopRef};
 use crate::hooks::call_hook;
 use crate::task::Task;
 use crate::transport::StreamTransport;
@@ -86,12 +86,12 @@ impl NativeCallback {
     pub fn run(&self, py: Python<'_>, loop_: &Bound<'_, PyAny>) -> PyResult<()> {
         let outcome = match self {
             NativeCallback::Done { callback, future, context } => {
-                run_in_context(py, context, || callback.bind(py).call1((future,)).map(drop))
+                call_in_context(py, context, callback.bind(py), &CallArgs::One(future.clone_ref(py)))
             }
             NativeCallback::Wakeup { task, future } => {
-                run_in_context(py, &task.get().context(py)?, || Task::wakeup(task.bind(py), future.bind(py)))
+                run_like_handle(py, &task.get().context(py)?, || Task::wakeup(task.bind(py), future.bind(py)))
             }
-            NativeCallback::Step { task, exc } => run_in_context(py, &task.get().context(py)?, || {
+            NativeCallback::Step { task, exc } => run_like_handle(py, &task.get().context(py)?, || {
                 Task::step(task.bind(py), exc.as_ref().map(|e| e.bind(py).clone()))
             }),
             NativeCallback::Io { transport, readable, writable, drain } => match transport.get().context(py)? {

@@ -198,13 +198,17 @@ impl HandleContext {
     }
 }
 
-/// Put a context we untracked back on the GC's list (no-op if tracked).
+/// Put an object we untracked back on the GC's list (no-op if tracked).
+///
+/// A handle's context may be any object the caller passed as `context=`
+/// (asyncio stores it and fails when it calls its `run`), not necessarily
+/// of a GC type: those are left alone.
 fn retrack(obj: *mut ffi::PyObject) {
     // SAFETY: `obj` is a live object and the GIL is held (every handle
     // operation holds it); PyObject_GC_Track may only be called on an
-    // untracked object, which the check guarantees.
+    // untracked object of a GC type, which the checks guarantee.
     unsafe {
-        if ffi::PyObject_GC_IsTracked(obj) == 0 {
+        if ffi::PyObject_IS_GC(obj) != 0 && ffi::PyObject_GC_IsTracked(obj) == 0 {
             ffi::PyObject_GC_Track(obj.cast());
         }
     }
@@ -235,6 +239,10 @@ pub fn new_untracked<T: pyo3::PyClass>(py: Python<'_>, init: impl Into<PyClassIn
 /// Run `f` inside the contextvars context `ctx` (what `Context.run` does
 /// for a handle's callback): an error from entering or leaving it is
 /// returned too, after `f`'s own.
+///
+/// A `context=` that is not a `contextvars.Context` fails with
+/// PyContext_Enter's TypeError (as in asyncio's eager start); see
+/// `run_like_handle` and `call_in_context` for what asyncio's handles do.
 pub fn run_in_context<T>(py: Python<'_>, ctx: &Py<PyAny>, f: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
     // SAFETY: `ctx` is a live object; PyContext_Enter checks its type and
     // fails with an exception set (TypeError, or RuntimeError when already
@@ -250,6 +258,35 @@ pub fn run_in_context<T>(py: Python<'_>, ctx: &Py<PyAny>, f: impl FnOnce() -> Py
         return result.and(Err(exit_err));
     }
     result
+}
+
+fn is_context(obj: &Bound<'_, PyAny>) -> bool {
+    // SAFETY: `obj` is a live object; the check only reads its type.
+    unsafe { ffi::PyContext_CheckExact(obj.as_ptr()) != 0 }
+}
+
+/// `run_in_context` for what asyncio runs through a handle
+/// (`context.run(callback)`): a `context=` object without a `run` method
+/// fails with that AttributeError first, as it would there.
+pub fn run_like_handle<T>(py: Python<'_>, ctx: &Py<PyAny>, f: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
+    if !is_context(ctx.bind(py)) {
+        ctx.bind(py).getattr(pyo3::intern!(py, "run"))?;
+    }
+    run_in_context(py, ctx, f)
+}
+
+/// `ctx.run(callback, *args)`, as asyncio's `Handle._run` does it: natively
+/// for a `contextvars.Context`, through the object's own `run` method for
+/// anything else given as `context=` (which fails there, as in asyncio, if
+/// it has none).
+pub fn call_in_context(py: Python<'_>, ctx: &Py<PyAny>, callback: &Bound<'_, PyAny>, args: &CallArgs) -> PyResult<()> {
+    if is_context(ctx.bind(py)) {
+        return run_in_context(py, ctx, || args.call(callback).map(drop));
+    }
+    let run = ctx.bind(py).getattr(pyo3::intern!(py, "run"))?;
+    let mut all = vec![callback.clone()];
+    all.extend(args.to_tuple(py)?.iter());
+    run.call1(PyTuple::new(py, all)?).map(drop)
 }
 
 /// True for the exceptions that must leave the loop instead of going to the
@@ -373,7 +410,7 @@ impl Handle {
                 None => return Ok(()),
             }
         };
-        let result = run_in_context(py, &context, || callable.args.call(callable.callback.bind(py)).map(drop));
+        let result = call_in_context(py, &context, callable.callback.bind(py), &callable.args);
         if give_up && result.is_err() {
             let mut slot = self.slot.borrow_mut(py)?;
             if slot.callable.is_none() && !self.is_cancelled() {

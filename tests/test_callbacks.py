@@ -4,6 +4,7 @@ Every test here must pass on stock asyncio (FERROLOOP_TEST_TARGET=asyncio):
 the expected behaviour is asyncio's, read from Lib/asyncio/base_events.py
 and events.py of CPython 3.11 to 3.13.
 """
+import asyncio
 import contextvars
 import gc
 import sys
@@ -188,6 +189,72 @@ def test_call_soon_threadsafe_honours_explicit_context(loop):
     loop.call_soon(loop.stop)
     run_until_stopped(loop)
     assert seen == ["threadsafe-ctx"]
+
+
+# Objects that are not contextvars.Context, GC-tracked and not: asyncio keeps
+# whatever `context=` is and calls its `run` when the callback is due.
+NOT_CONTEXTS = ["x", 1, 1.5, {}, [], print]
+
+
+@pytest.mark.parametrize("ctx", NOT_CONTEXTS, ids=lambda c: type(c).__name__)
+def test_context_that_is_not_a_context_fails_when_the_callback_runs(loop, ctx):
+    errors = []
+    loop.set_exception_handler(lambda lp, c: errors.append(c["exception"]))
+    seen = []
+    handles = [loop.call_soon(seen.append, "soon", context=ctx),
+               loop.call_later(0, seen.append, "later", context=ctx),
+               loop.call_soon_threadsafe(seen.append, "threadsafe", context=ctx)]
+    fut = loop.create_future()
+    fut.add_done_callback(seen.append, context=ctx)
+    fut.set_result(None)
+    if sys.version_info >= (3, 12):
+        assert all(h.get_context() is ctx for h in handles)
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert seen == []
+    assert len(errors) == 4
+    for err in errors:
+        assert isinstance(err, AttributeError)
+        assert "'run'" in str(err)
+    del handles, fut
+    gc.collect()  # the handles and their contexts are freed without harm
+
+
+@pytest.mark.parametrize("ctx", NOT_CONTEXTS, ids=lambda c: type(c).__name__)
+def test_task_whose_context_is_not_a_context_never_runs(loop, ctx):
+    errors = []
+    loop.set_exception_handler(lambda lp, c: errors.append(c.get("exception")))
+    ran = []
+
+    async def body():
+        ran.append(True)
+
+    task = loop.create_task(body(), context=ctx)
+    if sys.version_info >= (3, 12):
+        assert task.get_context() is ctx
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert ran == [] and not task.done()
+    assert isinstance(errors[0], AttributeError) and "'run'" in str(errors[0])
+    task.get_coro().close()
+    del task
+    gc.collect()
+
+
+def test_context_like_object_with_a_run_method_is_used(loop):
+    calls = []
+
+    class Runner:
+        def run(self, fn, *args):
+            calls.append(args)
+            return fn(*args)
+
+    seen = []
+    loop.call_soon(seen.append, "soon", context=Runner())
+    fut = loop.create_future()
+    fut.add_done_callback(lambda f: seen.append(f.result()), context=Runner())
+    fut.set_result("done")
+    loop.run_until_complete(asyncio.sleep(0))
+    assert seen == ["soon", "done"]
+    assert calls == [("soon",), (fut,)]
 
 
 @pytest.mark.skipif(sys.version_info < (3, 12), reason="Handle.get_context() is new in 3.12")
