@@ -191,20 +191,18 @@ fn current_thread_ident() -> u64 {
 
 /// selectors' `_fileobj_to_fd`: an int, or an object with fileno().
 fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
-    let fd: i64 = if obj.is_instance_of::<PyInt>() {
-        obj.extract()?
+    let as_int = if obj.is_instance_of::<PyInt>() {
+        obj.clone()
     } else {
         let invalid = || PyValueError::new_err(format!("Invalid file object: {}", repr_of(obj)));
         let raw = obj.call_method0("fileno").map_err(|_| invalid())?;
-        let as_int = obj.py().get_type::<PyInt>().call1((raw,)).map_err(|_| invalid())?;
-        as_int.extract().map_err(|_| invalid())?
+        obj.py().get_type::<PyInt>().call1((raw,)).map_err(|_| invalid())?
     };
-    if fd < 0 {
-        return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
+    if as_int.lt(0)? {
+        return Err(PyValueError::new_err(format!("Invalid file descriptor: {as_int}")));
     }
     // selectors passes the fd on to epoll, which takes a C int.
-    RawFd::try_from(fd)
-        .map_err(|_| PyOverflowError::new_err("Python int too large to convert to C int"))
+    as_int.extract::<RawFd>().map_err(|_| PyOverflowError::new_err("Python int too large to convert to C int"))
 }
 
 
@@ -391,6 +389,23 @@ impl LoopCore {
             Callback::Native(_) => {}
         }
         Ok(())
+    }
+
+    /// A timer at `when`, a loop-clock reading: a float, or any number
+    /// (kept as given for `TimerHandle.when()`, as asyncio keeps it).
+    fn schedule_at(
+        slf: &Bound<'_, Self>,
+        when: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+        method: &'static str,
+    ) -> PyResult<Py<TimerHandle>> {
+        let (deadline, given) = match when.cast_exact::<PyFloat>() {
+            Ok(f) => (f.value(), None),
+            Err(_) => (when.extract::<f64>()?, Some(when.clone().unbind())),
+        };
+        Self::schedule_timer(slf, deadline, given, callback, args, context, method)
     }
 
     fn schedule_timer(
@@ -737,7 +752,13 @@ impl LoopCore {
             return Ok(false);
         }
         let fileobj = fd;
-        let fd = Self::lookup_fd(slf, fileobj)?;
+        let fd = match Self::lookup_fd(slf, fileobj) {
+            Ok(fd) => fd,
+            // Beyond a C int: never registered (asyncio's selector lookup
+            // finds no key and the answer is False).
+            Err(err) if err.is_instance_of::<PyOverflowError>(py) => return Ok(false),
+            Err(err) => return Err(err),
+        };
         let (old, interest, old_fileobj) = {
             let mut st = this.state.borrow_mut(py)?;
             let map = if writer { &mut st.writers } else { &mut st.readers };
@@ -750,7 +771,7 @@ impl LoopCore {
             return Ok(false);
         };
         if let Some(p) = this.poller.borrow_mut(py)?.as_mut() {
-            p.set_interest(fd, interest)?;
+            p.set_interest(fd, interest).map_err(|e| io_error(py, e))?;
         }
         old.bind(py).call_method0("cancel")?;
         Ok(true)
@@ -902,14 +923,27 @@ impl LoopCore {
     #[pyo3(signature = (delay, callback, *args, context=None))]
     fn call_later(
         slf: &Bound<'_, Self>,
-        delay: Option<f64>,
+        delay: &Bound<'_, PyAny>,
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
         context: Option<Py<PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
-        let delay = delay.ok_or_else(|| PyTypeError::new_err("delay must not be None"))?;
+        if delay.is_none() {
+            return Err(PyTypeError::new_err("delay must not be None"));
+        }
         let now = Self::now(slf)?;
-        Self::schedule_timer(slf, now + delay, None, callback, args, context, "call_later")
+        if let Ok(f) = delay.cast_exact::<PyFloat>() {
+            return Self::schedule_timer(slf, now + f.value(), None, callback, args, context, "call_later");
+        }
+        if let Ok(i) = delay.cast_exact::<PyInt>() {
+            let delay: f64 = i.extract()?;
+            return Self::schedule_timer(slf, now + delay, None, callback, args, context, "call_later");
+        }
+        // Anything else is added as asyncio adds it (`self.time() + delay`):
+        // a Fraction or a numpy number works, a Decimal or a str raises
+        // that addition's TypeError.
+        let when = PyFloat::new(slf.py(), now).add(delay)?;
+        Self::schedule_at(slf, &when, callback, args, context, "call_later")
     }
 
     #[pyo3(signature = (when, callback, *args, context=None))]
@@ -923,11 +957,7 @@ impl LoopCore {
         if when.is_none() {
             return Err(PyTypeError::new_err("when cannot be None"));
         }
-        let (deadline, given) = match when.cast_exact::<PyFloat>() {
-            Ok(f) => (f.value(), None),
-            Err(_) => (when.extract::<f64>()?, Some(when.clone().unbind())),
-        };
-        Self::schedule_timer(slf, deadline, given, callback, args, context, "call_at")
+        Self::schedule_at(slf, when, callback, args, context, "call_at")
     }
 
     #[pyo3(signature = (fd, callback, *args))]

@@ -585,8 +585,23 @@ def test_fd_beyond_c_int_is_an_overflow(loop):
     # selectors hands the fd to epoll, which takes a C int: OverflowError.
     with pytest.raises(OverflowError):
         loop.add_reader(2 ** 40, lambda: None)
-    with pytest.raises(OverflowError):
+    with pytest.raises(OverflowError, match="C int"):
         loop.add_writer(2 ** 31, lambda: None)
+    with pytest.raises(OverflowError, match="C int"):
+        loop.add_reader(2 ** 100, lambda: None)
+    with pytest.raises(ValueError, match="Invalid file descriptor"):
+        loop.add_reader(-2 ** 100, lambda: None)
+
+
+def test_removing_an_fd_beyond_c_int_finds_nothing(loop):
+    # No such fd can have been registered: asyncio's selector finds no key.
+    class Big:
+        def fileno(self):
+            return 2 ** 31
+
+    for fd in (2 ** 31, 2 ** 100, Big()):
+        assert loop.remove_reader(fd) is False
+        assert loop.remove_writer(fd) is False
 
 
 def test_add_reader_on_a_closed_fd_is_an_oserror_with_errno(loop):

@@ -5,6 +5,8 @@ pass).  No assertion here depends on how fast the machine is: timers are only
 checked for order and for never firing early.
 """
 import asyncio
+import decimal
+import fractions
 import math
 import sys
 import time
@@ -253,6 +255,30 @@ def test_call_at_none_when_raises_type_error(loop):
 def test_call_later_non_number_delay_raises_type_error(loop):
     with pytest.raises(TypeError):
         loop.call_later("1", lambda: None)
+
+
+class _FloatOnly:
+    def __float__(self):
+        return 0.001
+
+
+@pytest.mark.parametrize("delay", [decimal.Decimal("0.001"), _FloatOnly(), "1"],
+                         ids=["Decimal", "__float__", "str"])
+def test_call_later_adds_the_delay_to_the_clock_as_asyncio_does(loop, delay):
+    # asyncio computes `self.time() + delay`: what float addition refuses
+    # is a TypeError with that addition's message.
+    with pytest.raises(TypeError, match=r"unsupported operand type\(s\) for \+: 'float'"):
+        loop.call_later(delay, lambda: None)
+
+
+def test_call_later_takes_numbers_that_add_to_a_float(loop):
+    fired = []
+    h = loop.call_later(fractions.Fraction(1, 1000), fired.append, "fraction")
+    assert type(h.when()) is float
+    loop.call_later(False, fired.append, "bool")
+    loop.call_later(0.01, loop.stop)
+    run_until_stopped(loop)
+    assert fired == ["bool", "fraction"]
 
 
 def test_call_later_nan_is_accepted_at_schedule_time(loop):
