@@ -394,6 +394,56 @@ def test_buffered_protocol_reads_into_its_buffer(loop):
     assert proto.sizes == {-1}
 
 
+def test_get_buffer_is_asked_only_when_there_is_data(loop):
+    # asyncio calls get_buffer() when the socket is readable, then recv_into:
+    # never at connection setup, after resume_reading with nothing queued,
+    # or after a read that exactly filled the buffer.  Every buffer asked
+    # for is filled (or meets the EOF).
+    class Counting(asyncio.BufferedProtocol):
+        def __init__(self):
+            self.buf = bytearray(100)
+            self.asked = 0
+            self.updates = []
+            self.eof = loop.create_future()
+
+        def get_buffer(self, sizehint):
+            self.asked += 1
+            return self.buf
+
+        def buffer_updated(self, nbytes):
+            self.updates.append(nbytes)
+
+        def eof_received(self):
+            self.eof.set_result(None)
+
+    async def main():
+        proto = Counting()
+        tr, peer = await socketpair_transport(loop, proto)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert proto.asked == 0
+        tr.pause_reading()
+        tr.resume_reading()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert proto.asked == 0
+        peer.sendall(b'y' * 100)  # exactly one buffer
+        while not proto.updates:
+            await asyncio.sleep(0.001)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert proto.asked == 1 and proto.updates == [100]
+        peer.shutdown(socket.SHUT_WR)
+        await proto.eof
+        tr.close()
+        peer.close()
+        return proto
+
+    proto = run(loop, main())
+    assert proto.updates == [100]
+    assert proto.asked == 2  # the last one met the EOF, as in asyncio
+
+
 def test_empty_buffer_from_get_buffer_is_a_fatal_error(loop):
     errors = []
     loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))

@@ -257,8 +257,13 @@ class ReadPipeTransport(_PipeTransport):
         return isinstance(exc, OSError) and exc.errno == errno.EIO
 
     # ReadTransport has no writing side.
-    write = writelines = write_eof = can_write_eof = abort = _Absent()
-    get_write_buffer_size = get_write_buffer_limits = _Absent()
+    write = _Absent()
+    writelines = _Absent()
+    write_eof = _Absent()
+    can_write_eof = _Absent()
+    abort = _Absent()
+    get_write_buffer_size = _Absent()
+    get_write_buffer_limits = _Absent()
     set_write_buffer_limits = _Absent()
 
 

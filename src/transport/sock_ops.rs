@@ -26,7 +26,7 @@ use pyo3::{PyTraverseError, PyVisit};
 use super::sockaddr::{family_supported, from_python, to_python, SockAddr};
 use super::sys::{
     is_would_block, os_error, read_bytes, read_raw, recv_from_bytes, recv_from_raw, send_to, socket_family,
-    socket_type, with_bytes, write, BufferView, Io, RecvError, WriteCall,
+    socket_type, with_bytes, writable_view, write, BufferView, Io, RecvError, WriteCall,
 };
 use crate::event_loop::LoopCore;
 use crate::gil_cell::GilCell;
@@ -148,16 +148,6 @@ impl Args {
             Op::Connect { addr } => Args::Connect { addr: addr.clone_ref(py), in_progress: retrying },
         }
     }
-}
-
-/// A writable view of `buf` for the socket method `method`, refused with
-/// the socket module's TypeError (a read-only buffer gives BufferError
-/// from the buffer protocol itself).
-fn writable_view<'py>(buf: &Bound<'py, PyAny>, method: &str) -> PyResult<BufferView<'py>> {
-    BufferView::get(buf, true).map_err(|_| {
-        let type_name = buf.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "object".into());
-        PyTypeError::new_err(format!("{method}() argument 1 must be read-write bytes-like object, not {type_name}"))
-    })
 }
 
 /// A size argument the native path takes: an exact int (anything else goes

@@ -42,7 +42,7 @@ use pyo3::{PyTraverseError, PyVisit};
 
 use super::buffer::{WriteBuffer, HOLD_AT_LEAST, MAX_SLICES};
 use super::sys::{
-    grow_pipe, os_error, read_bytes, read_raw, shutdown_write, write, write_vectored, with_bytes, BufferView, Io, RecvError,
+    grow_pipe, os_error, peek, read_bytes, read_raw, shutdown_write, writable_view, write, write_vectored, with_bytes, BufferView, Io, RecvError,
     WriteCall,
 };
 use crate::event_loop::LoopCore;
@@ -486,7 +486,8 @@ impl StreamTransport {
 
     fn read_ready(slf: &Bound<'_, Self>, drain: bool) -> PyResult<()> {
         let py = slf.py();
-        for _ in 0..MAX_READS_PER_EVENT {
+        for round in 0..MAX_READS_PER_EVENT {
+            let first = round == 0;
             let (protocol, buffered, fd, kind) = {
                 let st = slf.get().st.borrow_mut(py)?;
                 if !st.reads_pending() {
@@ -499,6 +500,13 @@ impl StreamTransport {
             };
             let protocol = protocol.into_bound(py);
             let outcome = if buffered {
+                // asyncio asks for a buffer only when the socket is
+                // readable (the EOF included); a read we try on spec (a
+                // retry, a hang-up report, the next of several reads)
+                // peeks first, so get_buffer() is never called for nothing.
+                if (drain || !first) && matches!(peek(fd), Io::WouldBlock) {
+                    return Ok(());
+                }
                 Self::read_into_protocol(slf, &protocol, fd)?
             } else {
                 Self::read_bytes(slf, &protocol, fd, kind)?
@@ -570,7 +578,7 @@ impl StreamTransport {
                 return Ok(Read::Failed);
             }
         };
-        let io = match BufferView::get(&buf, true) {
+        let io = match writable_view(&buf, "recv_into") {
             // SAFETY: a writable view of `view.len()` bytes, held until the
             // end of this arm.
             Ok(view) => (unsafe { read_raw(fd, view.as_mut_ptr(), view.len()) }, view.len()),
@@ -1152,12 +1160,36 @@ impl StreamTransport {
     }
 
     fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
-        slf.get().check_writable(slf.py(), "writelines")?;
+        let py = slf.py();
+        slf.get().check_writable(py, "writelines")?;
+        // Any bytes-like pieces, as asyncio takes them: 3.12+'s socket
+        // transport wraps each in a memoryview (and returns at once for an
+        // empty or false argument), 3.11's uses `b"".join`.  (The pipe and
+        // datagram classes join in Python.)
+        let memoryviews = py.version_info() >= (3, 12);
+        if memoryviews && !list_of_data.is_truthy()? {
+            return Ok(());
+        }
+        let pieces = match list_of_data.try_iter() {
+            Ok(it) => it,
+            Err(err) if memoryviews => return Err(err),
+            Err(_) => return Err(PyTypeError::new_err("can only join an iterable")),
+        };
         let mut items = Vec::new();
-        for item in list_of_data.try_iter()? {
+        for (i, item) in pieces.enumerate() {
             let item = item?;
-            Self::check_bytes_like(&item)?;
-            let view = BufferView::get(&item, false)?;
+            let view = match BufferView::get(&item, false) {
+                Ok(view) => view,
+                Err(err) if !err.is_instance_of::<PyTypeError>(py) => return Err(err),
+                Err(_) => {
+                    let name = item.get_type().name()?;
+                    return Err(PyTypeError::new_err(if memoryviews {
+                        format!("memoryview: a bytes-like object is required, not '{name}'")
+                    } else {
+                        format!("sequence item {i}: expected a bytes-like object, {name} found")
+                    }));
+                }
+            };
             items.push((view, item));
         }
         if items.iter().all(|(v, _)| v.len() == 0) || Self::count_lost_write(slf)? {

@@ -48,6 +48,20 @@ pub unsafe fn read_raw(fd: RawFd, buf: *mut u8, len: usize) -> Io {
     }
 }
 
+/// Whether a socket has something to read, without taking it: one byte
+/// peeked (`recv(MSG_PEEK | MSG_DONTWAIT)`).  `Done(0)` is the EOF,
+/// `WouldBlock` nothing yet, `Failed` the error the next read will get.
+pub fn peek(fd: RawFd) -> Io {
+    let mut byte = 0u8;
+    loop {
+        // SAFETY: `byte` is a live one-byte buffer; a bad fd is an errno.
+        let n = unsafe { libc::recv(fd, (&raw mut byte).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+        if let Some(io) = classify(n) {
+            return io;
+        }
+    }
+}
+
 /// How a transport writes to its fd.
 #[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
 pub enum WriteCall {
@@ -267,6 +281,18 @@ impl<'py> BufferView<'py> {
     pub fn as_mut_ptr(&self) -> *mut u8 {
         self.view.buf.cast()
     }
+}
+
+/// A writable view of `buf` for the socket method `method`, refused with
+/// the socket module's TypeError (a read-only buffer gives BufferError
+/// from the buffer protocol itself).
+pub fn writable_view<'py>(buf: &Bound<'py, PyAny>, method: &str) -> PyResult<BufferView<'py>> {
+    BufferView::get(buf, true).map_err(|_| {
+        let type_name = buf.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "object".into());
+        pyo3::exceptions::PyTypeError::new_err(format!(
+            "{method}() argument 1 must be read-write bytes-like object, not {type_name}"
+        ))
+    })
 }
 
 /// Run `f` on the bytes of a bytes-like object: exact bytes directly (the
