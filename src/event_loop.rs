@@ -1155,7 +1155,18 @@ impl LoopCore {
                         }
                     };
                     if let Some(name) = name {
-                        task.call_method1(intern!(py, "set_name"), (name,))?;
+                        match task.getattr_opt(intern!(py, "set_name"))? {
+                            Some(set_name) => drop(set_name.call1((name,))?),
+                            // 3.11/3.12 only warn about a task without it.
+                            None if py.version_info() < (3, 13) => PyErr::warn(
+                                py,
+                                &py.get_type::<pyo3::exceptions::PyDeprecationWarning>(),
+                                c"Task.set_name() was added in Python 3.8, the method support will be mandatory \
+                                  for third-party task implementations since 3.13.",
+                                1,
+                            )?,
+                            None => drop(task.getattr(intern!(py, "set_name"))?),
+                        }
                     }
                     return Ok(task.unbind());
                 }

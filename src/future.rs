@@ -580,11 +580,9 @@ impl Future {
         Ok(st.loop_.is_some() && st.blocking)
     }
 
+    /// Any value, by its truth (None included), as asyncio's C future.
     #[setter(_asyncio_future_blocking)]
-    fn set_asyncio_future_blocking_attr(&self, py: Python<'_>, value: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
-        let Some(value) = value else {
-            return Err(pyo3::exceptions::PyAttributeError::new_err("cannot delete attribute"));
-        };
+    fn set_asyncio_future_blocking_attr(&self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<()> {
         let blocking = value.is_truthy()?;
         let mut st = self.st.borrow_mut(py)?;
         if st.loop_.is_none() {
@@ -592,6 +590,11 @@ impl Future {
         }
         st.blocking = blocking;
         Ok(())
+    }
+
+    #[deleter(_asyncio_future_blocking)]
+    fn del_asyncio_future_blocking_attr(&self) -> PyResult<()> {
+        Err(pyo3::exceptions::PyAttributeError::new_err("cannot delete attribute"))
     }
 
     /// `[(callback, context), ...]` or None, as asyncio shows them.

@@ -625,6 +625,14 @@ impl Task {
         Ok(self.t.borrow_mut(py)?.num_cancels_requested)
     }
 
+    /// Writable, as on asyncio's Tasks (some TaskGroup and timeout
+    /// backports reset it).
+    #[setter(_num_cancels_requested)]
+    fn set_num_cancels_requested_attr(&self, py: Python<'_>, value: u64) -> PyResult<()> {
+        self.t.borrow_mut(py)?.num_cancels_requested = value;
+        Ok(())
+    }
+
     #[getter]
     fn _log_destroy_pending(&self, py: Python<'_>) -> PyResult<bool> {
         Ok(self.t.borrow_mut(py)?.log_destroy_pending)

@@ -224,8 +224,41 @@ def test_asyncio_future_blocking_attribute(loop):
     assert fut._asyncio_future_blocking is False
     fut._asyncio_future_blocking = True
     assert fut._asyncio_future_blocking is True
-    with pytest.raises(AttributeError):
+    # Any value goes, by its truth (None is not a deletion).
+    fut._asyncio_future_blocking = None
+    assert fut._asyncio_future_blocking is False
+    fut._asyncio_future_blocking = 1
+    assert fut._asyncio_future_blocking is True
+    with pytest.raises(AttributeError, match="cannot delete attribute"):
         del fut._asyncio_future_blocking
+
+
+def test_num_cancels_requested_can_be_assigned(loop):
+    async def body():
+        pass
+
+    task = loop.create_task(body())
+    task._num_cancels_requested = 3
+    assert task._num_cancels_requested == 3
+    loop.run_until_complete(task)
+
+
+def test_task_factory_returning_an_object_without_set_name(loop):
+    # A factory may return any awaitable object; naming it needs set_name(),
+    # which 3.11/3.12 only warn about and 3.13 requires.
+    loop.set_task_factory(lambda lp, coro: (coro.close(), 42)[1])
+
+    async def body():
+        pass
+
+    if sys.version_info >= (3, 13):
+        with pytest.raises(AttributeError, match="set_name"):
+            loop.create_task(body(), name="n")
+    else:
+        assert loop.create_task(body()) == 42
+        with pytest.warns(DeprecationWarning, match=r"Task.set_name\(\) was added") as caught:
+            assert loop.create_task(body(), name="n") == 42
+        assert caught[0].filename == __file__
 
 
 def test_log_traceback_can_only_be_cleared(loop):

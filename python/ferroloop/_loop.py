@@ -221,7 +221,10 @@ class Loop(_ferroloop.LoopCore, unix_events.SelectorEventLoop):
             kwargs['context'] = context
         task = self._task_factory(self, coro, **kwargs)
         if name is not None:
-            task.set_name(name)
+            if sys.version_info >= (3, 13):
+                task.set_name(name)
+            else:  # 3.11/3.12 only warn about a task without set_name()
+                tasks._set_task_name(task, name)
         return task
 
     # -- transports ------------------------------------------------------
