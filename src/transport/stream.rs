@@ -185,6 +185,10 @@ struct StreamState {
     pipe_grown: bool,
     /// Held while this transport's pipe is grown: see MAX_GROWN_PIPES.
     grown_slot: Option<GrownPipe>,
+    /// A read pipe on a device epoll refuses (EPERM: /dev/null, regular
+    /// character devices): asyncio's transport exists but its reader cannot
+    /// be added, so starting or resuming reading fails with that error.
+    unpollable: bool,
     /// asyncio's `_conn_lost`: set once connection_lost is scheduled, then
     /// counts writes attempted after that.  (Write pipes: set by a failed
     /// write; `closing` alone also drops writes.)
@@ -1045,6 +1049,9 @@ impl StreamTransport {
             if !st.is_reading() || st.conn_lost > 0 {
                 return Ok(());
             }
+            if st.unpollable {
+                return Err(os_error(py, libc::EPERM));
+            }
             st.reader_on = true;
             st.loop_.as_ref().map(|l| l.clone_ref(py))
         };
@@ -1132,6 +1139,9 @@ impl StreamTransport {
                 return Ok(());
             }
             st.paused = false;
+            if st.unpollable {
+                return Err(os_error(py, libc::EPERM));
+            }
             st.reader_on = true;
             st.loop_.as_ref().map(|l| l.clone_ref(py))
         };

@@ -41,9 +41,13 @@ impl StreamTransport {
         })?;
         match LoopCore::watch_transport(&loop_, fd, slf.clone().unbind()) {
             // epoll refuses devices it cannot poll (EPERM): writing to
-            // those never waits, so a write pipe needs no watch.
-            Err(err) if writable && err.is_instance_of::<PyPermissionError>(py) => {
-                slf.get().st.borrow_mut(py)?.reader_on = false;
+            // those never waits, so a write pipe needs no watch; a read
+            // pipe is made, as asyncio makes it, but cannot start reading
+            // (see `unpollable`).
+            Err(err) if err.is_instance_of::<PyPermissionError>(py) => {
+                let mut st = slf.get().st.borrow_mut(py)?;
+                st.reader_on = false;
+                st.unpollable = !writable;
                 Ok(())
             }
             Err(err) => {
