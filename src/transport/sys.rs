@@ -288,7 +288,12 @@ impl<'py> BufferView<'py> {
 /// from the buffer protocol itself).
 pub fn writable_view<'py>(buf: &Bound<'py, PyAny>, method: &str) -> PyResult<BufferView<'py>> {
     BufferView::get(buf, true).map_err(|_| {
-        let type_name = buf.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "object".into());
+        // The argument parser's wording: None by name, anything else by type.
+        let type_name = if buf.is_none() {
+            "None".to_string()
+        } else {
+            buf.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "object".into())
+        };
         pyo3::exceptions::PyTypeError::new_err(format!(
             "{method}() argument 1 must be read-write bytes-like object, not {type_name}"
         ))
