@@ -5,12 +5,15 @@ test passes on stock asyncio too (FERROLOOP_TEST_TARGET=asyncio).
 """
 import array
 import contextlib
+import gc
 import errno as errno_mod
 import asyncio
 import os
+import re
 import socket
 import tempfile
 import threading
+import warnings
 
 import pytest
 
@@ -168,6 +171,23 @@ def test_errors_are_raised_when_awaited(loop, sockpair):
         run(loop, main())
     finally:
         blocking.close()
+
+
+def test_a_sock_call_never_awaited_warns_like_a_coroutine(loop, sockpair):
+    a, _ = sockpair
+
+    async def main():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always')
+            loop.sock_recv(a, 10)  # the forgotten await
+            loop.sock_sendall(a, b'x').close()  # closed unstarted: fine
+            await loop.sock_sendall(a, b'y')
+            gc.collect()
+        return [str(w.message) for w in caught if w.category is RuntimeWarning]
+
+    messages = run(loop, main())
+    assert len(messages) == 1
+    assert re.fullmatch(r"coroutine '\w+\.sock_recv' was never awaited", messages[0])
 
 
 @pytest.mark.parametrize('method', ['sock_recv_into', 'sock_recvfrom_into'])

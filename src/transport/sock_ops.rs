@@ -184,6 +184,32 @@ pub struct SockOp {
     st: GilCell<OpState>,
 }
 
+/// Like a coroutine that was never awaited: warn, as CPython does for
+/// asyncio's `async def` sock_* methods, so a forgotten `await` is seen.
+impl Drop for SockOp {
+    fn drop(&mut self) {
+        let Some(name) = self.st.try_peek().filter(|st| st.phase == Phase::Start).map(|st| st.op.name()) else {
+            return;
+        };
+        // Objects are deallocated with the GIL held; attach() is then free.
+        Python::attach(|py| {
+            // Deallocation may happen while an exception is propagating.
+            let pending = PyErr::take(py);
+            let message = std::ffi::CString::new(format!("coroutine 'Loop.{name}' was never awaited")).ok();
+            if let Some(message) = message {
+                let category = py.get_type::<pyo3::exceptions::PyRuntimeWarning>();
+                if let Err(err) = PyErr::warn(py, &category, &message, 1) {
+                    // A warning turned into an error has nowhere to go.
+                    err.write_unraisable(py, None);
+                }
+            }
+            if let Some(err) = pending {
+                err.restore(py);
+            }
+        });
+    }
+}
+
 impl SockOp {
     fn new(loop_: &Bound<'_, PyAny>, sock: &Bound<'_, PyAny>, op: Op) -> SockOp {
         SockOp {
