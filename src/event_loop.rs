@@ -698,6 +698,10 @@ impl LoopCore {
         this.check_closed()?;
         let fileobj = fd;
         let fd = fileobj_to_fd(fileobj)?;
+        if fileobj.is_instance_of::<pyo3::types::PyBool>() && py.version_info() >= (3, 13) {
+            // What 3.13's epoll.register() says of it (selectors passes it on).
+            PyErr::warn(py, &py.get_type::<pyo3::exceptions::PyRuntimeWarning>(), c"bool is used as a file descriptor", 1)?;
+        }
         let handle = new_untracked(py, Self::new_handle(slf, callback, CallArgs::from_tuple(args)?, None, false)?)?;
         let (old, interest, old_fileobj) = {
             let mut st = this.state.borrow_mut(py)?;

@@ -8,6 +8,8 @@ import errno
 import os
 import socket
 
+import sys
+
 import pytest
 
 from conftest import new_loop, run_until_stopped
@@ -591,6 +593,17 @@ def test_fd_beyond_c_int_is_an_overflow(loop):
         loop.add_reader(2 ** 100, lambda: None)
     with pytest.raises(ValueError, match="Invalid file descriptor"):
         loop.add_reader(-2 ** 100, lambda: None)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 13), reason="3.13's epoll.register() warns about bools")
+def test_bool_as_a_file_descriptor_warns(loop):
+    with pytest.warns(RuntimeWarning, match="bool is used as a file descriptor"):
+        try:
+            loop.add_reader(True, lambda: None)  # fd 1
+        except OSError:
+            pass  # fd 1 may be a file epoll refuses (pytest's capture)
+        else:
+            loop.remove_reader(1)
 
 
 def test_removing_an_fd_beyond_c_int_finds_nothing(loop):
