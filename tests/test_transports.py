@@ -4,6 +4,7 @@
 Every test also passes on stock asyncio (FERROLOOP_TEST_TARGET=asyncio).
 """
 import asyncio
+import errno
 import gc
 import os
 import platform
@@ -442,6 +443,43 @@ def test_get_buffer_is_asked_only_when_there_is_data(loop):
     proto = run(loop, main())
     assert proto.updates == [100]
     assert proto.asked == 2  # the last one met the EOF, as in asyncio
+
+
+def test_buffered_protocol_sees_a_reset_that_came_while_paused(loop):
+    # A Unix stream peer closed with our data unread: the socket's pending
+    # error is ECONNRESET, which the next read must report (not an EOF).
+    class Buffered(asyncio.BufferedProtocol):
+        def __init__(self):
+            self.buf = bytearray(1024)
+            self.lost = loop.create_future()
+            self.eof = False
+
+        def get_buffer(self, sizehint):
+            return self.buf
+
+        def buffer_updated(self, nbytes):
+            pass
+
+        def eof_received(self):
+            self.eof = True
+
+        def connection_lost(self, exc):
+            self.lost.set_result(exc)
+
+    async def main():
+        proto = Buffered()
+        tr, peer = await socketpair_transport(loop, proto)
+        tr.pause_reading()
+        tr.write(b'never read')
+        await asyncio.sleep(0.01)
+        peer.close()
+        await asyncio.sleep(0.01)
+        tr.resume_reading()
+        return proto, await proto.lost
+
+    proto, exc = run(loop, main())
+    assert isinstance(exc, ConnectionResetError) and exc.errno == errno.ECONNRESET
+    assert not proto.eof
 
 
 def test_empty_buffer_from_get_buffer_is_a_fatal_error(loop):

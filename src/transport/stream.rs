@@ -508,10 +508,14 @@ impl StreamTransport {
                 // readable (the EOF included); a read we try on spec (a
                 // retry, a hang-up report, the next of several reads)
                 // peeks first, so get_buffer() is never called for nothing.
-                if (drain || !first) && matches!(peek(fd), Io::WouldBlock) {
-                    return Ok(());
+                // A pending socket error (ECONNRESET) is reported by the
+                // peek itself, and consumed: it becomes this read's error.
+                let peeked = if drain || !first { Some(peek(fd)) } else { None };
+                match peeked {
+                    Some(Io::WouldBlock) => return Ok(()),
+                    Some(Io::Failed(errno)) => Self::read_into_protocol(slf, &protocol, fd, Some(errno))?,
+                    _ => Self::read_into_protocol(slf, &protocol, fd, None)?,
                 }
-                Self::read_into_protocol(slf, &protocol, fd)?
             } else {
                 Self::read_bytes(slf, &protocol, fd, kind)?
             };
@@ -566,7 +570,14 @@ impl StreamTransport {
         Ok(if called.is_some() { Read::Data { more } } else { Read::Failed })
     }
 
-    fn read_into_protocol(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>, fd: RawFd) -> PyResult<Read> {
+    /// get_buffer(), then recv_into it (or, with `failed`, the error a peek
+    /// already took from the socket, as recv_into would have raised it).
+    fn read_into_protocol(
+        slf: &Bound<'_, Self>,
+        protocol: &Bound<'_, PyAny>,
+        fd: RawFd,
+        failed: Option<i32>,
+    ) -> PyResult<Read> {
         let py = slf.py();
         const GET_BUFFER_FAILED: &str = "Fatal error: protocol.get_buffer() call failed.";
         let asked = Self::deliver(slf, protocol, |st| &st.on_get_buffer, intern!(py, "get_buffer"), (-1,));
@@ -585,7 +596,10 @@ impl StreamTransport {
         let io = match writable_view(&buf, "recv_into") {
             // SAFETY: a writable view of `view.len()` bytes, held until the
             // end of this arm.
-            Ok(view) => (unsafe { read_raw(fd, view.as_mut_ptr(), view.len()) }, view.len()),
+            Ok(view) => match failed {
+                Some(errno) => (Io::Failed(errno), view.len()),
+                None => (unsafe { read_raw(fd, view.as_mut_ptr(), view.len()) }, view.len()),
+            },
             Err(e) => {
                 Self::fatal_error(slf, e, Kind::Socket.read_failed())?;
                 return Ok(Read::Failed);
