@@ -510,12 +510,12 @@ impl StreamTransport {
                 // peeks first, so get_buffer() is never called for nothing.
                 // A pending socket error (ECONNRESET) is reported by the
                 // peek itself, and consumed: it becomes this read's error.
-                let peeked = if drain || !first { Some(peek(fd)) } else { None };
-                match peeked {
+                let failed = match (drain || !first).then(|| peek(fd)) {
                     Some(Io::WouldBlock) => return Ok(()),
-                    Some(Io::Failed(errno)) => Self::read_into_protocol(slf, &protocol, fd, Some(errno))?,
-                    _ => Self::read_into_protocol(slf, &protocol, fd, None)?,
-                }
+                    Some(Io::Failed(errno)) => Some(errno),
+                    _ => None,
+                };
+                Self::read_into_protocol(slf, &protocol, fd, failed)?
             } else {
                 Self::read_bytes(slf, &protocol, fd, kind)?
             };

@@ -50,7 +50,8 @@ pub unsafe fn read_raw(fd: RawFd, buf: *mut u8, len: usize) -> Io {
 
 /// Whether a socket has something to read, without taking it: one byte
 /// peeked (`recv(MSG_PEEK | MSG_DONTWAIT)`).  `Done(0)` is the EOF,
-/// `WouldBlock` nothing yet, `Failed` the error the next read will get.
+/// `WouldBlock` nothing yet, `Failed` a pending socket error -- which the
+/// peek consumes, as any recv does: the caller must report it.
 pub fn peek(fd: RawFd) -> Io {
     let mut byte = 0u8;
     loop {
