@@ -327,6 +327,39 @@ def test_unix_datagram_paths_and_unbound_senders(loop, unix_dir):
     assert reply == (b'reply', server_path)
 
 
+@pytest.mark.skipif(not on_ferroloop(), reason="asyncio's sendto(data) on a socket without a peer name "
+                    "is a fatal TypeError (uvloop sends it; see README)")
+def test_socketpair_sendto_without_address_reaches_the_peer(loop):
+    # A Unix socketpair's peer has no name (getpeername() is ''), so asyncio
+    # takes the socket as unconnected; sendto(data) with no address then
+    # send()s to the peer, as uvloop does.  On a socket with no peer at all
+    # it is the kernel's OSError, for error_received().
+    s1, s2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    lone = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+
+    async def main():
+        tr, proto = await loop.create_datagram_endpoint(lambda: Collect(loop), sock=s1)
+        s2.send(b'hello, socketpair')
+        await proto.done
+        tr.sendto(b'from the transport')
+        got = await loop.run_in_executor(None, s2.recv, 100)
+        tr2, proto2 = await loop.create_datagram_endpoint(lambda: Collect(loop), sock=lone)
+        tr2.sendto(b'nowhere')
+        await proto2.done
+        tr.close()
+        tr2.close()
+        await proto.lost
+        await proto2.lost
+        return proto.got, got, proto2.errors, tr2.is_closing()
+
+    with s2:
+        got, reply, errors, closing = run(loop, main())
+    assert got == [(b'hello, socketpair', None)]
+    assert reply == b'from the transport'
+    assert len(errors) == 1 and isinstance(errors[0], OSError)
+    assert errors[0].errno in (errno.ENOTCONN, errno.EDESTADDRREQ)
+
+
 def test_unix_datagram_abstract_namespace(loop):
     name = b'\0ferroloop-test-%d' % os.getpid()
 

@@ -253,6 +253,28 @@ def test_write_pipe_big_write_arrives_intact_with_flow_control(loop):
     assert bytes(sink) == payload
 
 
+def test_write_pipe_first_burst_pauses_as_asyncio_does(loop):
+    # Writes made without returning to the loop fill the pipe's default
+    # 64 KiB and then the transport's buffer: the protocol is paused before
+    # 1 MiB is written, as with asyncio (uvloop's test_write_buffer_full).
+    rfd, wfd = os.pipe()
+
+    async def main():
+        tr, proto = await loop.connect_write_pipe(lambda: PipeRecorder(loop), open(wfd, 'wb', 1024))
+        written = 0
+        while 'pause' not in proto.events and written < (1 << 20):
+            tr.write(b'x' * 32768)
+            written += 32768
+        paused_at = written
+        os.close(rfd)
+        exc = await proto.lost
+        return paused_at, exc
+
+    paused_at, exc = run(loop, main())
+    assert paused_at <= 256 * 1024
+    assert isinstance(exc, BrokenPipeError)
+
+
 def test_write_pipe_reader_gone_with_empty_buffer(loop):
     rfd, wfd = os.pipe()
 
@@ -414,9 +436,17 @@ def test_pipes_seen_full_grow(loop):
         wtr, wp = await loop.connect_write_pipe(lambda: PipeRecorder(loop), open(out_w, 'wb', 0))
         str_, sp = await loop.connect_write_pipe(lambda: PipeRecorder(loop), open(small_w, 'wb', 0))
         str_.write(b'fits')
-        wtr.write(b'w' * (4 << 20))  # fills the pipe: it grows and takes 1 MiB
+        wtr.write(b'w' * (4 << 20))  # fills the pipe, which does not grow yet
+        assert capacity(out_w) == default
+        assert wtr.get_write_buffer_size() == (4 << 20) - default
+        # Once the loop has waited for the reader, the flush grows the pipe.
+        drained = 0
+        while drained < default:
+            drained += len(os.read(out_r, default - drained))
+        while capacity(out_w) == default:
+            await asyncio.sleep(0.005)
         assert capacity(out_w) == 1 << 20
-        assert wtr.get_write_buffer_size() == (4 << 20) - (1 << 20)
+        assert wtr.get_write_buffer_size() == (4 << 20) - default - (1 << 20)
         assert capacity(small_w) == default  # never full: left alone
         rtr, rp = await loop.connect_read_pipe(lambda: PipeRecorder(loop), open(in_r, 'rb', 0))
         os.write(in_w, b'r' * default)  # a full pipe's worth
@@ -449,6 +479,14 @@ def test_at_most_sixteen_pipes_are_grown_at_once(loop):
             tr, proto = await loop.connect_write_pipe(lambda: PipeRecorder(loop), open(w, 'wb', 0))
             tr.write(b'x' * (2 << 20))  # more than a pipe holds, even grown
             made.append((tr, proto, r, w))
+        # Make room in each: the loop's flush then grows the pipe (or not).
+        for _, _, r, _ in made:
+            drained = 0
+            while drained < 65536:
+                drained += len(os.read(r, 65536 - drained))
+        full = (2 << 20) - 65536
+        while any(tr.get_write_buffer_size() >= full for tr, _, _, _ in made):
+            await asyncio.sleep(0.005)
         return made
 
     async def close_all(made):

@@ -108,6 +108,9 @@ const DEFAULT_PIPE_CAPACITY: usize = 64 * 1024;
 /// the process at the other end then moves 16 times more: 1 GiB through a
 /// pipe went from ~1.4 s to ~0.2 s on these machines.  Only pipes seen
 /// full grow, so idle pipes do not use up the user's pipe-buffer quota.
+/// A write pipe grows when the loop flushes it after waiting, never inside
+/// `write()`: a first burst fills the default 64 KiB and then the
+/// transport's buffer, and pauses the protocol where asyncio's would.
 const GROWN_PIPE_CAPACITY: usize = 1024 * 1024;
 /// At most this many pipes of the process are grown at once.  The pipe
 /// quota (pipe-user-pages-soft, 64 MiB by default) is per user, and a user
@@ -968,10 +971,6 @@ impl StreamTransport {
                         _ => st.buffer.extend(&bytes[sent..]),
                     }
                     sent = 0;
-                }
-                // A pipe found full grows, and takes more at once.
-                if !st.buffer.is_empty() && st.kind == Kind::WritePipe && !st.pipe_grown {
-                    failed = st.flush();
                 }
             }
             (failed, st.kind)

@@ -265,7 +265,8 @@ impl StreamTransport {
         })
     }
 
-    /// Send one datagram to `addr` (ignored on a connected socket).
+    /// Send one datagram to `addr` (ignored on a connected socket; None:
+    /// to the socket's peer).
     fn send_datagram(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>, addr: &Bound<'_, PyAny>) -> PyResult<Sent> {
         let py = slf.py();
         let (fd, connected, native, kernel_addr, sock) = {
@@ -277,8 +278,13 @@ impl StreamTransport {
             };
             // Finding or converting the address makes no Python call (only
             // exact tuples of exact str and int are converted here).
-            let kernel_addr = if d.native && !d.connected { d.cache.kernel(d.family, addr) } else { None };
-            (fd, d.connected, d.native, kernel_addr, sock)
+            // No address on a socket without a peer name (a socketpair's
+            // unnamed Unix peer): send() to whatever it is connected to, as
+            // uvloop does; asyncio's sendto(data, None) fails with a
+            // TypeError.  Unconnected, send() is the kernel's OSError.
+            let connected = d.connected || addr.is_none();
+            let kernel_addr = if d.native && !connected { d.cache.kernel(d.family, addr) } else { None };
+            (fd, connected, d.native, kernel_addr, sock)
         };
         if native && (connected || kernel_addr.is_some()) {
             return Ok(match with_bytes(data, |b| send_to(fd, b, kernel_addr.as_ref()))? {
