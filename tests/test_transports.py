@@ -395,6 +395,52 @@ def test_buffered_protocol_reads_into_its_buffer(loop):
     assert proto.sizes == {-1}
 
 
+@pytest.mark.skipif(not on_ferroloop(), reason="asyncio reads only BufferedProtocol instances into "
+                    "buffers; this duck-typed one fails there (uvloop reads it; see README)")
+def test_duck_typed_buffered_protocol_reads_into_its_buffer(loop):
+    # get_buffer() and buffer_updated() without data_received(), on a class
+    # that is not an asyncio.BufferedProtocol: read as one, as uvloop does.
+    # A protocol that has data_received() too keeps asyncio's choice.
+    class Duck(asyncio.BaseProtocol):
+        def __init__(self):
+            self.buf = bytearray(64)
+            self.got = bytearray()
+            self.lost = loop.create_future()
+
+        def get_buffer(self, sizehint):
+            return self.buf
+
+        def buffer_updated(self, nbytes):
+            self.got += self.buf[:nbytes]
+
+        def eof_received(self):
+            return False
+
+        def connection_lost(self, exc):
+            self.lost.set_result(exc)
+
+    class Both(Duck):
+        def __init__(self):
+            super().__init__()
+            self.data = bytearray()
+
+        def data_received(self, data):
+            self.data += data
+
+    async def main(proto):
+        tr, peer = await socketpair_transport(loop, proto)
+        peer.sendall(b'x' * 1000)
+        peer.close()
+        return await proto.lost
+
+    duck = Duck()
+    assert run(loop, main(duck)) is None
+    assert duck.got == b'x' * 1000
+    both = Both()
+    assert run(loop, main(both)) is None
+    assert both.data == b'x' * 1000 and both.got == b''
+
+
 def test_get_buffer_is_asked_only_when_there_is_data(loop):
     # asyncio calls get_buffer() when the socket is readable, then recv_into:
     # never at connection setup, after resume_reading with nothing queued,

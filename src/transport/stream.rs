@@ -1093,8 +1093,15 @@ impl StreamTransport {
     fn set_protocol(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let kind = slf.get().st.borrow_mut(py)?.kind;
-        // asyncio's pipes always call data_received().
-        let buffered = kind == Kind::Socket && protocol.is_instance(buffered_protocol_type(py)?)?;
+        // asyncio's pipes always call data_received().  Besides asyncio's
+        // BufferedProtocol, a protocol with get_buffer() and
+        // buffer_updated() but no data_received() is read as a buffered
+        // one, as uvloop does (asyncio would fail it on its first read).
+        let buffered = kind == Kind::Socket
+            && (protocol.is_instance(buffered_protocol_type(py)?)?
+                || (protocol.hasattr(intern!(py, "get_buffer"))?
+                    && protocol.hasattr(intern!(py, "buffer_updated"))?
+                    && !protocol.hasattr(intern!(py, "data_received"))?));
         let method = |name: &Bound<'_, pyo3::types::PyString>| protocol.getattr(name).ok().map(Bound::unbind);
         let (on_data, on_get_buffer) = match kind {
             _ if buffered => (method(intern!(py, "buffer_updated")), method(intern!(py, "get_buffer"))),
