@@ -357,26 +357,34 @@ def test_protocol_error_goes_to_the_exception_handler_and_closes(loop):
     assert errors[0]['transport'] is tr and errors[0]['protocol'] is proto
 
 
+class ReadsIntoBuffer:
+    """get_buffer()/buffer_updated() collecting into .got; records the size
+    hints; .lost has connection_lost's exception."""
+
+    def __init__(self, loop, size):
+        self.buf = bytearray(size)
+        self.got = bytearray()
+        self.sizes = set()
+        self.lost = loop.create_future()
+
+    def get_buffer(self, sizehint):
+        self.sizes.add(sizehint)
+        return self.buf
+
+    def buffer_updated(self, nbytes):
+        self.got += self.buf[:nbytes]
+
+    def eof_received(self):
+        return False
+
+    def connection_lost(self, exc):
+        self.lost.set_result(exc)
+
+
 def test_buffered_protocol_reads_into_its_buffer(loop):
-    class Buffered(asyncio.BufferedProtocol):
+    class Buffered(ReadsIntoBuffer, asyncio.BufferedProtocol):
         def __init__(self):
-            self.buf = bytearray(1000)
-            self.got = bytearray()
-            self.sizes = set()
-            self.lost = loop.create_future()
-
-        def get_buffer(self, sizehint):
-            self.sizes.add(sizehint)
-            return self.buf
-
-        def buffer_updated(self, nbytes):
-            self.got += self.buf[:nbytes]
-
-        def eof_received(self):
-            return False
-
-        def connection_lost(self, exc):
-            self.lost.set_result(exc)
+            super().__init__(loop, 1000)
 
     payload = os.urandom(300000)
 
@@ -401,23 +409,9 @@ def test_duck_typed_buffered_protocol_reads_into_its_buffer(loop):
     # get_buffer() and buffer_updated() without data_received(), on a class
     # that is not an asyncio.BufferedProtocol: read as one, as uvloop does.
     # A protocol that has data_received() too keeps asyncio's choice.
-    class Duck(asyncio.BaseProtocol):
+    class Duck(ReadsIntoBuffer, asyncio.BaseProtocol):
         def __init__(self):
-            self.buf = bytearray(64)
-            self.got = bytearray()
-            self.lost = loop.create_future()
-
-        def get_buffer(self, sizehint):
-            return self.buf
-
-        def buffer_updated(self, nbytes):
-            self.got += self.buf[:nbytes]
-
-        def eof_received(self):
-            return False
-
-        def connection_lost(self, exc):
-            self.lost.set_result(exc)
+            super().__init__(loop, 64)
 
     class Both(Duck):
         def __init__(self):
