@@ -435,6 +435,43 @@ def test_duck_typed_buffered_protocol_reads_into_its_buffer(loop):
     assert both.data == b'x' * 1000 and both.got == b''
 
 
+def test_socket_subclass_gets_its_own_recv_and_send_called(loop):
+    # asyncio's transport calls the socket's recv/send: a subclass that
+    # overrides them (instrumented sockets, test doubles) sees every call.
+    calls = []
+
+    class Traced(socket.socket):
+        def recv(self, *args):
+            calls.append('recv')
+            return super().recv(*args)
+
+        def send(self, *args):
+            calls.append('send')
+            return super().send(*args)
+
+    before = open_fds()
+
+    async def main():
+        a, b = socket.socketpair()
+        sock = Traced(fileno=a.detach())
+        proto = Recorder(loop)
+        tr, _ = await loop.create_connection(lambda: proto, sock=sock)
+        assert isinstance(tr, asyncio.Transport)
+        tr.write(b'ping')
+        assert await loop.run_in_executor(None, b.recv, 100) == b'ping'
+        b.sendall(b'pong')
+        b.shutdown(socket.SHUT_WR)
+        await proto.got_eof
+        tr.close()
+        await proto.lost
+        b.close()
+        return bytes(proto.data)
+
+    assert run(loop, main()) == b'pong'
+    assert 'recv' in calls and 'send' in calls
+    assert open_fds() == before
+
+
 def test_get_buffer_is_asked_only_when_there_is_data(loop):
     # asyncio calls get_buffer() when the socket is readable, then recv_into:
     # never at connection setup, after resume_reading with nothing queued,

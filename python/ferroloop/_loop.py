@@ -26,8 +26,8 @@ import socket
 import sys
 import threading
 import weakref
-from asyncio import (base_events, constants, coroutines, events, futures, sslproto, tasks,
-                     unix_events)
+from asyncio import (base_events, constants, coroutines, events, futures, selector_events,
+                     sslproto, tasks, unix_events)
 from asyncio.log import logger
 
 from . import _ferroloop
@@ -229,10 +229,20 @@ class Loop(_ferroloop.LoopCore, unix_events.SelectorEventLoop):
 
     # -- transports ------------------------------------------------------
 
+    @staticmethod
+    def _socket_transport_class(sock):
+        # The native transport makes its system calls on the fd.  A socket
+        # subclass may override recv/send (instrumented or wrapped sockets,
+        # test doubles); asyncio calls those, so it gets asyncio's own
+        # transport, which runs on this loop's add_reader/add_writer.
+        if type(sock) is socket.socket:
+            return SocketTransport
+        return selector_events._SelectorSocketTransport
+
     def _make_socket_transport(self, sock, protocol, waiter=None, *,
                                extra=None, server=None):
         self._ensure_fd_no_transport(sock)
-        return SocketTransport(self, sock, protocol, waiter, extra, server)
+        return self._socket_transport_class(sock)(self, sock, protocol, waiter, extra, server)
 
     def _make_ssl_transport(self, rawsock, protocol, sslcontext, waiter=None,
                             *, server_side=False, server_hostname=None,
@@ -245,7 +255,7 @@ class Loop(_ferroloop.LoopCore, unix_events.SelectorEventLoop):
             self, protocol, sslcontext, waiter, server_side, server_hostname,
             ssl_handshake_timeout=ssl_handshake_timeout,
             ssl_shutdown_timeout=ssl_shutdown_timeout)
-        SocketTransport(self, rawsock, ssl_protocol, extra=extra, server=server)
+        self._socket_transport_class(rawsock)(self, rawsock, ssl_protocol, extra=extra, server=server)
         return ssl_protocol._app_transport
 
     def _make_datagram_transport(self, sock, protocol, address=None,
