@@ -4,7 +4,7 @@
 Usage
 -----
     python conformance/uvloop_suite.py            # with the interpreter ferroloop is in
-    python conformance/uvloop_suite.py -v --keep  # list every differing test
+    python conformance/uvloop_suite.py -v         # also list tests that pass on ferroloop only
 
 uvloop's tests (shipped in its source distribution, not in its wheels) run
 most of their cases twice: ``Test_UV_*`` classes on uvloop and
@@ -117,7 +117,7 @@ def run_suite(tests: str, target: str, workdir: str, timeout: int, extra: list) 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("-v", "--verbose", action="store_true", help="list tests that differ either way")
+    ap.add_argument("-v", "--verbose", action="store_true", help="also list tests that pass on ferroloop only")
     ap.add_argument("--timeout", type=int, default=60, help="seconds per test (default 60)")
     ap.add_argument("pytest_args", nargs="*", help="more arguments for pytest (after --)")
     args = ap.parse_args(argv)
