@@ -88,12 +88,18 @@ impl NativeCallback {
             NativeCallback::Done { callback, future, context } => {
                 call_in_context(py, context, callback.bind(py), &CallArgs::One(future.clone_ref(py)))
             }
+            // The contexts as Bound: dropping a Py consults a thread-local
+            // first, and these run every step.
             NativeCallback::Wakeup { task, future } => {
-                run_like_handle(py, &task.get().context(py)?, || Task::wakeup(task.bind(py), future.bind(py)))
+                let ctx = task.get().context(py)?.into_bound(py);
+                run_like_handle(py, ctx.as_unbound(), || Task::wakeup(task.bind(py), future.bind(py)))
             }
-            NativeCallback::Step { task, exc } => run_like_handle(py, &task.get().context(py)?, || {
-                Task::step(task.bind(py), exc.as_ref().map(|e| e.bind(py).clone()))
-            }),
+            NativeCallback::Step { task, exc } => {
+                let ctx = task.get().context(py)?.into_bound(py);
+                run_like_handle(py, ctx.as_unbound(), || {
+                    Task::step(task.bind(py), exc.as_ref().map(|e| e.bind(py).clone()))
+                })
+            }
             NativeCallback::Io { transport, readable, writable, drain } => match transport.get().context(py)? {
                 Some(ctx) => run_in_context(py, &ctx, || {
                     StreamTransport::on_io(transport.bind(py), *readable, *writable, *drain)

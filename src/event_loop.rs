@@ -124,6 +124,8 @@ impl State {
             match cb {
                 Callback::Handle(h) => Handle::expose_unrun_to_gc(h.bind(py))?,
                 Callback::Timer(t) => Handle::expose_unrun_to_gc(t.bind(py).as_super())?,
+                // A task that never ran still has its context off the list.
+                Callback::Native(NativeCallback::Step { task, .. }) => task.get().expose_context_to_gc(py)?,
                 Callback::Native(_) => {}
             }
         }

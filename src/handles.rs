@@ -172,13 +172,18 @@ pub fn copy_current_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
 /// bursts of `call_soon`), and put back on it before it is shared and
 /// before the last reference goes (CPython deallocates contexts assuming
 /// they are tracked).  A context given by the caller is left as it is.
-pub struct HandleContext(Py<PyAny>);
+pub struct HandleContext {
+    ctx: Py<PyAny>,
+    /// Set while our own copy is off the GC's list: the flag (not a GC
+    /// query) is what every step of a task checks before it shares.
+    untracked: AtomicBool,
+}
 
 impl HandleContext {
     /// `context` if given (not None), else a private copy of the current one.
     pub fn new(py: Python<'_>, context: Option<Py<PyAny>>) -> PyResult<HandleContext> {
         match context {
-            Some(c) if !c.is_none(py) => Ok(HandleContext(c)),
+            Some(c) if !c.is_none(py) => Ok(HandleContext { ctx: c, untracked: AtomicBool::new(false) }),
             _ => {
                 let copy = copy_current_context(py)?;
                 // SAFETY: `copy` is a fresh, live Context that only we
@@ -186,15 +191,34 @@ impl HandleContext {
                 // `Drop`/`share` track it again before anyone else sees it
                 // or it is deallocated.
                 unsafe { ffi::PyObject_GC_UnTrack(copy.as_ptr().cast()) };
-                Ok(HandleContext(copy))
+                Ok(HandleContext { ctx: copy, untracked: AtomicBool::new(true) })
             }
+        }
+    }
+
+    /// The context itself, for the GC's traversal and for running code in
+    /// it without handing it out (no tracking change: the collector
+    /// ignores untracked objects it is shown).
+    pub fn peek(&self) -> &Py<PyAny> {
+        &self.ctx
+    }
+
+    /// Put our copy back on the GC's list (once code may have set
+    /// variables in it, or before anyone else may hold it).
+    pub fn expose_to_gc(&self) {
+        // A load and a store, not a swap: every task step passes here, and
+        // the GIL already orders these accesses (a swap is a locked
+        // instruction).
+        if self.untracked.load(Ordering::Relaxed) {
+            self.untracked.store(false, Ordering::Relaxed);
+            retrack(self.ctx.as_ptr());
         }
     }
 
     /// A reference for someone else: the context is tracked again first.
     pub fn share(&self, py: Python<'_>) -> Py<PyAny> {
-        retrack(self.0.as_ptr());
-        self.0.clone_ref(py)
+        self.expose_to_gc();
+        self.ctx.clone_ref(py)
     }
 }
 
@@ -216,9 +240,12 @@ fn retrack(obj: *mut ffi::PyObject) {
 
 impl Drop for HandleContext {
     fn drop(&mut self) {
-        // Handles are only dropped with the GIL held (they are Python
-        // objects' contents or the loop's state); attach() is then free.
-        Python::attach(|_| retrack(self.0.as_ptr()));
+        if *self.untracked.get_mut() {
+            // Handles and tasks are only dropped with the GIL held (they
+            // are Python objects' contents or the loop's state); attach()
+            // is then free.
+            Python::attach(|_| retrack(self.ctx.as_ptr()));
+        }
     }
 }
 
@@ -394,7 +421,7 @@ impl Handle {
         let give_up = self.oneshot && !self.debug;
         let (callable, context) = {
             let mut slot = self.slot.borrow_mut(py)?;
-            let Some(context) = slot.context.as_ref().map(|c| c.0.clone_ref(py)) else {
+            let Some(context) = slot.context.as_ref().map(|c| c.peek().clone_ref(py)) else {
                 return Ok(());
             };
             let callable = if give_up {
@@ -435,7 +462,7 @@ impl Handle {
             return Ok(());
         }
         if let Some(ctx) = this.slot.borrow_mut(py)?.context.as_ref() {
-            retrack(ctx.0.as_ptr());
+            ctx.expose_to_gc();
         }
         // (The same check-then-track as for contexts.)
         retrack(slf.as_ptr());
@@ -456,7 +483,7 @@ impl Handle {
         {
             let slot = slf.get().slot.borrow_mut(py)?;
             if let Some(ctx) = slot.context.as_ref() {
-                retrack(ctx.0.as_ptr());
+                ctx.expose_to_gc();
             }
             if let Some(CallArgs::Many(args)) = slot.callable.as_ref().map(|c| &c.args) {
                 retrack(args.as_ptr());
@@ -585,7 +612,7 @@ impl Handle {
             }
         }
         if let Some(ctx) = &slot.context {
-            visit.call(&ctx.0)?;
+            visit.call(ctx.peek())?;
         }
         Ok(())
     }

@@ -26,7 +26,7 @@ use crate::asyncio_api::api;
 use crate::callbacks::NativeCallback;
 use crate::future::{queue_native, DoneCallback, Future, FutureState, Phase};
 use crate::gil_cell::GilCell;
-use crate::handles::{copy_current_context, is_fatal, run_in_context};
+use crate::handles::{is_fatal, run_in_context, HandleContext};
 use crate::hooks::{call_hook, repr_of};
 
 /// asyncio numbers unnamed tasks `Task-1`, `Task-2`, ...
@@ -44,7 +44,11 @@ enum TaskName {
 #[derive(Default)]
 pub struct TaskState {
     coro: Option<Py<PyAny>>,
-    context: Option<Py<PyAny>>,
+    /// The task's own copy of its creator's context stays off the GC's list
+    /// until the first step (see `HandleContext`): nothing has run in it yet,
+    /// and tasks created in bulk (gather, TaskGroup) before any runs made the
+    /// collector walk a third more objects.  `context()` tracks it again.
+    context: Option<HandleContext>,
     name: TaskName,
     fut_waiter: Option<Py<PyAny>>,
     must_cancel: bool,
@@ -123,14 +127,23 @@ impl Task {
             TaskName::Named(n) => Some(n),
             _ => None,
         };
-        for obj in [t.coro.as_ref(), t.context.as_ref(), t.fut_waiter.as_ref(), name].into_iter().flatten() {
+        for obj in [t.coro.as_ref(), t.context.as_ref().map(HandleContext::peek), t.fut_waiter.as_ref(), name].into_iter().flatten() {
             visit(obj)?;
         }
         Ok(())
     }
 
+    /// Put the task's own context copy back on the GC's list (the loop lets
+    /// go of a task that never ran).
+    pub fn expose_context_to_gc(&self, py: Python<'_>) -> PyResult<()> {
+        if let Some(ctx) = self.t.borrow_mut(py)?.context.as_ref() {
+            ctx.expose_to_gc();
+        }
+        Ok(())
+    }
+
     pub fn context(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        Ok(self.t.borrow_mut(py)?.context.as_ref().map_or_else(|| py.None(), |c| c.clone_ref(py)))
+        Ok(self.t.borrow_mut(py)?.context.as_ref().map_or_else(|| py.None(), |c| c.share(py)))
     }
 
     /// A new task of `loop_` (the fast path of `loop.create_task`).
@@ -179,10 +192,7 @@ impl Task {
             }
             _ => TaskName::Counter(TASK_COUNTER.fetch_add(1, Ordering::Relaxed) + 1),
         };
-        let context = match context {
-            Some(c) if !c.is_none(py) => c,
-            _ => copy_current_context(py)?,
-        };
+        let context = HandleContext::new(py, context)?;
         let old = std::mem::replace(
             &mut *slf.get().t.borrow_mut(py)?,
             TaskState {

@@ -791,6 +791,76 @@ def test_a_million_tasks_leave_no_memory_behind(loop):
     assert after - before < 2000
 
 
+def test_task_context_cycles_are_collected(loop):
+    # ferroloop keeps a task's own context copy off the GC's list until the
+    # task first runs; once code has run in it, a cycle through a context
+    # variable (task -> context -> value -> task) must still be collectable.
+    var = contextvars.ContextVar("var")
+    errors = collect_errors(loop)
+    never = loop.create_future()
+
+    async def holds_itself():
+        var.set([asyncio.current_task()])
+        await never
+
+    task = loop.create_task(holds_itself())
+    loop.run_until_complete(asyncio.sleep(0))
+    assert not task.done()
+    if hasattr(task, "get_context"):  # asyncio's Task has it from 3.12
+        ctx = task.get_context()
+        assert gc.is_tracked(ctx)
+        assert ctx[var] == [task]
+        del ctx
+    gone = weakref.ref(task)
+    del task
+    never = None
+    loop.run_until_complete(asyncio.sleep(0))
+    gc.collect()
+    assert gone() is None
+    assert [e["message"] for e in errors] == ["Task was destroyed but it is pending!"]
+
+
+@pytest.mark.filterwarnings("ignore:coroutine .* was never awaited:RuntimeWarning")
+def test_unstarted_task_context_cycle_is_collected_after_close():
+    # The task never runs: its context copy (still off the GC's list on
+    # ferroloop) holds a list that holds the task.  Closing the loop lets go
+    # of the task; the cycle must then be collectable.
+    var = contextvars.ContextVar("var")
+    lp = new_loop()
+    errors = collect_errors(lp)
+
+    async def never_runs():
+        pass
+
+    def make():
+        holder = []
+        var.set(holder)
+        task = lp.create_task(never_runs())
+        holder.append(task)
+        return weakref.ref(task)
+
+    gone = contextvars.Context().run(make)
+    lp.close()
+    gc.collect()
+    assert gone() is None
+    assert [e["message"] for e in errors] == ["Task was destroyed but it is pending!"]
+
+
+def test_finished_task_context_cycle_is_collected(loop):
+    var = contextvars.ContextVar("var")
+
+    async def holds_itself():
+        var.set(asyncio.current_task())
+        return 1
+
+    task = loop.create_task(holds_itself())
+    assert loop.run_until_complete(task) == 1
+    gone = weakref.ref(task)
+    del task
+    gc.collect()
+    assert gone() is None
+
+
 # -- switching back to asyncio's classes --------------------------------------
 
 @pytest.mark.skipif(not on_ferroloop(), reason="ferroloop's switch")
