@@ -1134,6 +1134,15 @@ impl LoopCore {
         let this = slf.get();
         this.check_closed()?;
         let plain_kwargs = kwargs.is_none_or(|k| k.is_empty());
+        if !plain_kwargs && py.version_info() < (3, 13, 3) {
+            // Further keywords reach the Task or the task factory from
+            // CPython 3.13.3 on; before, create_task takes name and context.
+            if let Some(key) = kwargs.and_then(|k| k.keys().iter().next()) {
+                return Err(PyTypeError::new_err(format!(
+                    "create_task() got an unexpected keyword argument '{key}'"
+                )));
+            }
+        }
         let name = name.filter(|n| !n.is_none());
         let factory = this.task_factory.borrow_mut(py)?.as_ref().map(|f| f.clone_ref(py).into_bound(py));
         if plain_kwargs && !this.is_debug() {

@@ -363,6 +363,21 @@ async def _value(x):
     return x
 
 
+def test_create_task_takes_extra_keywords_only_where_cpython_does(loop):
+    async def one():
+        return 1
+
+    if sys.version_info >= (3, 13, 3):
+        # Passed on to the Task (eager_start is one of its keywords).
+        task = loop.create_task(one(), eager_start=False)
+        assert loop.run_until_complete(task) == 1
+    else:
+        coro = one()
+        with pytest.raises(TypeError, match="unexpected keyword argument 'eager_start'"):
+            loop.create_task(coro, eager_start=False)
+        coro.close()
+
+
 def test_create_task_makes_the_native_class(loop):
     async def main():
         task = loop.create_task(_value(1))

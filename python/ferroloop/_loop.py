@@ -208,7 +208,7 @@ class Loop(_ferroloop.LoopCore, unix_events.SelectorEventLoop):
     def _create_task_py(self, coro, *, name=None, context=None, **kwargs):
         """create_task with a task factory, in debug mode, with asyncio's
         classes, or with keywords other than name and context (eager_start,
-        ...), which go to the Task or the task factory as CPython 3.13.4+
+        ...), which go to the Task or the task factory as CPython 3.13.3+
         passes them."""
         self._check_closed()
         if self._task_factory is None:
