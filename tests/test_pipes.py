@@ -146,6 +146,64 @@ def test_read_pipe_pause_and_resume(loop):
     run(loop, main())
 
 
+def test_read_pipe_lets_deferred_callbacks_run_between_reads(loop):
+    # A subprocess's pipes pass their data on through call_soon (asyncio's
+    # base_subprocess), so the StreamReader that pauses a pipe runs a step
+    # after the read.  asyncio reads a pipe once per readiness report, and
+    # the callbacks a read queued run before the next read: a deferred pause
+    # holds.  (ferroloop used to read up to 16 times 256 KiB in one go, and
+    # buffered megabytes past the pause.)
+    rfd, wfd = os.pipe()
+    total = 16 << 20
+    data = pattern(total)
+
+    def write_all():
+        with open(wfd, 'wb', buffering=0) as f:
+            view = memoryview(data)
+            while view:
+                view = view[f.write(view[:1 << 20]):]
+
+    class Deferred(asyncio.Protocol):
+        def __init__(self):
+            self.chunks = []
+            self.unprocessed = 0
+            self.most_unprocessed = 0
+            self.lost = loop.create_future()
+
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def data_received(self, chunk):
+            self.unprocessed += 1
+            self.most_unprocessed = max(self.most_unprocessed, self.unprocessed)
+            loop.call_soon(self.process, chunk)
+
+        def process(self, chunk):
+            self.unprocessed -= 1
+            self.chunks.append(chunk)
+            # Pause, as a StreamReader over its limit does; go on later.
+            self.transport.pause_reading()
+            loop.call_later(0.0005, self.transport.resume_reading)
+
+        def eof_received(self):
+            pass
+
+        def connection_lost(self, exc):
+            self.lost.set_result(exc)
+
+    async def main():
+        tr, proto = await loop.connect_read_pipe(Deferred, open(rfd, 'rb', 0))
+        writer = threading.Thread(target=write_all, daemon=True)
+        writer.start()
+        assert await proto.lost is None
+        writer.join()
+        return proto
+
+    proto = run(loop, main(), timeout=60)
+    assert b''.join(proto.chunks) == data
+    assert proto.most_unprocessed == 1
+
+
 def test_read_pipe_protocol_error_is_reported_and_reading_goes_on(loop):
     rfd, wfd = os.pipe()
     errors = []

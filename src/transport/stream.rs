@@ -16,8 +16,8 @@
 //!   write buffer (asyncio would have a writer).  No epoll_ctl call when a
 //!   transport starts or stops writing, pauses or resumes.
 //! * A readiness report reads until the socket is drained, at most
-//!   `MAX_READS_PER_EVENT` full reads, then yields to the other callbacks
-//!   and continues next iteration (`LoopCore::retry_io`).  Drained means
+//!   `MAX_READS_PER_EVENT` full reads (one on a read pipe), then yields to
+//!   the other callbacks and continues next iteration (`LoopCore::retry_io`).  Drained means
 //!   EAGAIN, or a short read when the report said nothing about a hang-up:
 //!   data arriving after that read is a new edge, a new report.  After a
 //!   hang-up report, and on retries, a short read is followed by another
@@ -523,6 +523,14 @@ impl StreamTransport {
                 Self::read_bytes(slf, &protocol, fd, kind)?
             };
             match outcome {
+                // A read pipe yields after every full read, as asyncio's
+                // reads once per readiness report: a subprocess's pipes hand
+                // their data on through call_soon (base_subprocess), so the
+                // StreamReader that pauses the pipe only sees it after the
+                // callbacks queued meanwhile have run.  Reading on would
+                // buffer megabytes past the pause (and, with the reader
+                // gone, keep a killed child's pipe from reaching its EOF).
+                Read::Data { more: true } if kind == Kind::ReadPipe => break,
                 Read::Data { more: true } => continue,
                 // A short read after a hang-up report: the EOF (or error)
                 // is read next iteration, as asyncio would see it, so the
