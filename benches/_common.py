@@ -28,6 +28,23 @@ def make_loop(name):
     return importlib.import_module(name).new_event_loop()
 
 
+def available_loops(names):
+    """The named loops that import (asyncio always does), and a note for
+    each one that does not."""
+    out, notes = [], []
+    for name in names:
+        if name == "asyncio":
+            out.append(name)
+            continue
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            notes.append(f"{name}: not installed ({exc})")
+            continue
+        out.append(name)
+    return out, notes
+
+
 def machine():
     """The interpreter and machine a report was measured on."""
     return {

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import json
 import os
 import platform
@@ -43,7 +42,7 @@ import sys
 import tempfile
 import time
 
-from _common import describe_exit, make_loop
+from _common import available_loops, describe_exit, make_loop
 
 ALL_LOOPS = ("asyncio", "uvloop", "rloop", "ferroloop")
 BASELINE = "asyncio"
@@ -179,21 +178,6 @@ def child(loop_name, workload, amount, path):
 
 
 # -- the driver ---------------------------------------------------------------
-
-def available_loops(names):
-    out, notes = [], []
-    for name in names:
-        if name == "asyncio":
-            out.append(name)
-            continue
-        try:
-            importlib.import_module(name)
-        except ImportError as exc:
-            notes.append(f"{name}: not installed ({exc})")
-            continue
-        out.append(name)
-    return out, notes
-
 
 def measure(loop_name, workload, amount, path, timeout):
     cmd = [sys.executable, os.path.abspath(__file__), "--child", loop_name, workload,

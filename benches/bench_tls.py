@@ -17,14 +17,12 @@ native transport; uvloop has its own TLS layer in Cython.
 import argparse
 import json
 import os
-import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
-from _common import describe_exit, machine
+from _common import available_loops, describe_exit, machine
 
 LOOPS = ("asyncio", "uvloop", "rloop", "ferroloop")
 
@@ -139,7 +137,9 @@ def main():
     unknown = [name for name in loops if name not in LOOPS]
     if unknown:
         ap.error(f"unknown loop(s): {', '.join(unknown)}")
-    loops = [name for name in loops if available(name)]
+    loops, notes = available_loops(loops)
+    for note in notes:
+        print(note, file=sys.stderr)
     sizes = [int(s) for s in args.sizes.split(",") if s]
 
     samples = {(name, size): [] for name in loops for size in sizes}
