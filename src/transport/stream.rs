@@ -17,7 +17,8 @@
 //!   transport starts or stops writing, pauses or resumes.
 //! * A readiness report reads until the socket is drained, at most
 //!   `MAX_READS_PER_EVENT` full reads (one on a read pipe), then yields to
-//!   the other callbacks and continues next iteration (`LoopCore::retry_io`).  Drained means
+//!   the other callbacks and continues next iteration
+//!   (`LoopCore::retry_io`).  Drained means
 //!   EAGAIN, or a short read when the report said nothing about a hang-up:
 //!   data arriving after that read is a new edge, a new report.  After a
 //!   hang-up report, and on retries, a short read is followed by another
