@@ -179,8 +179,8 @@ DURATION_HINT = {"test_tasks": 30, "test_events": 20, "test_subprocess": 13,
 # pseudo-ids, e.g. "setUpClass (test.test_asyncio.test_sendfile.Ferro...)".
 BASELINE_ALIASES = {".FerroloopEventLoopTests.": ".EPollEventLoopTests.",
                     ".FerroloopEventLoopTests)": ".EPollEventLoopTests)"}
-# Native Future/Task variants (worker.patch_native_future_variants): each is
-# compared with the C class variant it was made from.
+# Native Future/Task variants (worker.patch_native_future_variants), and
+# the native SSLProtocol's: each is compared with the class it was made from.
 for _ferro, _c in (("FerroFutureTests", "CFutureTests"),
                    ("FerroSubFutureTests", "CSubFutureTests"),
                    ("FerroFutureDoneCallbackTests", "CFutureDoneCallbackTests"),
@@ -195,7 +195,8 @@ for _ferro, _c in (("FerroFutureTests", "CFutureTests"),
                    ("FerroCurrentLoopTests", "CCurrentLoopTests"),
                    ("FerroEagerTaskFactoryLoopTests", "CEagerTaskFactoryLoopTests"),
                    ("NonEagerFerroTaskTests", "NonEagerCTaskTests"),
-                   ("EagerFerroTaskTests", "EagerCTaskTests")):
+                   ("EagerFerroTaskTests", "EagerCTaskTests"),
+                   ("FerroSslProtoHandshakeTests", "SslProtoHandshakeTests")):
     BASELINE_ALIASES[f".{_ferro}."] = f".{_c}."
 del _ferro, _c
 

@@ -334,6 +334,11 @@ def patch_explicit_loops(mod, short, ferroloop):
 #   test_tasks.FerroCurrentLoopTests        CCurrentLoopTests
 #   test_eager_task_factory.FerroEagerTaskFactoryLoopTests, NonEagerFerroTaskTests,
 #   EagerFerroTaskTests                     the CTask variants
+#   test_sslproto.FerroSslProtoHandshakeTests  SslProtoHandshakeTests
+#
+# The last: test_sslproto's protocol-level tests build asyncio's
+# SSLProtocol over mock transports; the variant builds ferroloop's native
+# one (the class every ferroloop TLS connection uses) in its place.
 
 def _variant(mod, name, base, attrs):
     attrs = dict(attrs, __module__=mod.__name__, __qualname__=name)
@@ -385,6 +390,22 @@ def patch_native_future_variants(mod, ferroloop):
         setattr(mod, fresh.__name__, mod.add_subclass_tests(fresh))
         _variant(mod, "FerroCurrentLoopTests", mod.CCurrentLoopTests,
                  {"new_task": lambda self, coro: Task(coro, loop=self.loop)})
+    elif short == "test_sslproto":
+        import types
+        from ferroloop import _tls
+
+        def setUp(self):
+            mod.SslProtoHandshakeTests.setUp(self)
+            native = types.SimpleNamespace(**vars(mod.sslproto))
+            native.SSLProtocol = _tls.SSLProtocol
+            saved, mod.sslproto = mod.sslproto, native
+
+            def restore():
+                mod.sslproto = saved
+            self.addCleanup(restore)
+
+        _variant(mod, "FerroSslProtoHandshakeTests", mod.SslProtoHandshakeTests,
+                 {"setUp": setUp})
     elif short == "test_eager_task_factory":
         _variant(mod, "FerroEagerTaskFactoryLoopTests",
                  mod.CEagerTaskFactoryLoopTests, {"Task": Task})
@@ -636,8 +657,8 @@ def main(argv=None):
     short = modname.rpartition(".")[2]
     if ferro is not None:
         patch_explicit_loops(mod, short, ferro)
-    if ferro is not None and short in ("test_futures", "test_futures2",
-                                       "test_tasks", "test_eager_task_factory"):
+    if ferro is not None and short in ("test_futures", "test_futures2", "test_tasks",
+                                       "test_eager_task_factory", "test_sslproto"):
         patch_native_future_variants(mod, ferro)
     adapted = None
     if args.adapters and short in ADAPTERS:

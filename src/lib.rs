@@ -32,6 +32,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<task::Task>()?;
     m.add_class::<transport::StreamTransport>()?;
     m.add_class::<transport::SockOp>()?;
+    m.add_class::<transport::SslProtocol>()?;
     m.add_function(wrap_pyfunction!(registry::_native_tasks, m)?)?;
     m.add_function(wrap_pyfunction!(registry::_native_task_count, m)?)?;
     m.add_function(wrap_pyfunction!(registry::_is_registered, m)?)?;

@@ -25,6 +25,29 @@ def has_ipv6_loopback():
         return False
 
 
+try:
+    from test.test_asyncio import utils as _aio_test_utils
+    _SIGNED_CERTFILE = _aio_test_utils.SIGNED_CERTFILE  # a certificate for 'localhost'
+    _SIGNING_CA = _aio_test_utils.SIGNING_CA
+except (ImportError, AttributeError):  # pragma: no cover - Python without its test package
+    _SIGNED_CERTFILE = _SIGNING_CA = None
+
+needs_certs = pytest.mark.skipif(_SIGNED_CERTFILE is None or not os.path.exists(_SIGNED_CERTFILE),
+                                 reason="CPython's test certificates are not installed")
+
+
+def tls_contexts():
+    """(server, client) SSL contexts: CPython's test certificate for
+    'localhost', and a client that verifies it."""
+    import ssl
+
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(_SIGNED_CERTFILE)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.load_verify_locations(_SIGNING_CA)
+    return server, client
+
+
 def new_loop():
     """A fresh event loop of the kind under test."""
     if TARGET == "asyncio":

@@ -14,17 +14,7 @@ import tempfile
 
 import pytest
 
-from conftest import has_ipv6_loopback, open_fds
-
-try:
-    from test.test_asyncio import utils as aio_test_utils
-    SIGNED_CERTFILE = aio_test_utils.SIGNED_CERTFILE  # for 'localhost'
-    SIGNING_CA = aio_test_utils.SIGNING_CA
-except (ImportError, AttributeError):  # pragma: no cover - Python without its test package
-    SIGNED_CERTFILE = SIGNING_CA = None
-
-needs_certs = pytest.mark.skipif(SIGNED_CERTFILE is None or not os.path.exists(SIGNED_CERTFILE),
-                                 reason="CPython's test certificates are not installed")
+from conftest import has_ipv6_loopback, needs_certs, open_fds, tls_contexts
 
 
 def run(loop, coro, timeout=20):
@@ -44,14 +34,6 @@ async def echo_once(reader, writer, payload=b'ping'):
     writer.write(payload)
     await writer.drain()
     return await reader.readexactly(len(payload))
-
-
-def server_contexts():
-    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server.load_cert_chain(SIGNED_CERTFILE)
-    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    client.load_verify_locations(SIGNING_CA)
-    return server, client
 
 
 # ------------------------------------------------------------ connecting
@@ -271,7 +253,7 @@ def test_unix_server_replaces_a_stale_socket_file(loop):
 @needs_certs
 def test_tls_connection_and_extra_info(loop):
     async def main():
-        server_ctx, client_ctx = server_contexts()
+        server_ctx, client_ctx = tls_contexts()
         server = await asyncio.start_server(tls_echo, '127.0.0.1', 0, ssl=server_ctx)
         port = server.sockets[0].getsockname()[1]
         reader, writer = await asyncio.open_connection(
@@ -299,7 +281,7 @@ def test_tls_connection_and_extra_info(loop):
 @needs_certs
 def test_tls_wrong_hostname_fails_the_handshake(loop):
     async def main():
-        server_ctx, client_ctx = server_contexts()
+        server_ctx, client_ctx = tls_contexts()
         server = await loop.create_server(Echo, '127.0.0.1', 0, ssl=server_ctx)
         port = server.sockets[0].getsockname()[1]
         with pytest.raises(ssl.SSLCertVerificationError):
@@ -314,7 +296,7 @@ def test_tls_wrong_hostname_fails_the_handshake(loop):
 @needs_certs
 def test_start_tls_upgrades_a_plain_connection(loop):
     async def main():
-        server_ctx, client_ctx = server_contexts()
+        server_ctx, client_ctx = tls_contexts()
         upgraded = loop.create_future()
 
         async def handle(reader, writer):

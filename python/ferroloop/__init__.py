@@ -18,32 +18,36 @@ __all__ = ('Loop', 'Future', 'Task', 'Handle', 'TimerHandle', 'new_event_loop',
            'EventLoopPolicy', 'run', 'install', '__version__')
 
 
-def new_event_loop(*, native_futures=True):
+def new_event_loop(*, native_futures=True, native_tls=True):
     """Return a new ferroloop event loop.
 
     Its create_future() and create_task() make ferroloop's native Future and
     Task; pass native_futures=False for asyncio's own classes (for code that
     needs isinstance(x, asyncio.Future) or subclasses asyncio.Task).
+    Its TLS connections run ferroloop's native SSLProtocol; native_tls=False
+    uses asyncio's own (asyncio.sslproto).
     """
-    return Loop(native_futures=native_futures)
+    return Loop(native_futures=native_futures, native_tls=native_tls)
 
 
 class EventLoopPolicy(_asyncio.DefaultEventLoopPolicy):
     """An event loop policy whose loops are ferroloop loops.
 
     Child watchers (Python 3.11/3.12) come from asyncio's default policy.
-    native_futures=False makes its loops use asyncio's own Future and Task.
+    native_futures=False makes its loops use asyncio's own Future and Task,
+    native_tls=False asyncio's own TLS layer.
     """
 
-    def __init__(self, *, native_futures=True):
+    def __init__(self, *, native_futures=True, native_tls=True):
         super().__init__()
         self._native_futures = native_futures
+        self._native_tls = native_tls
 
     def _loop_factory(self):
-        return Loop(native_futures=self._native_futures)
+        return Loop(native_futures=self._native_futures, native_tls=self._native_tls)
 
     def new_event_loop(self):
-        return Loop(native_futures=self._native_futures)
+        return Loop(native_futures=self._native_futures, native_tls=self._native_tls)
 
 
 def install():
@@ -51,7 +55,7 @@ def install():
     _asyncio.set_event_loop_policy(EventLoopPolicy())
 
 
-def run(main, *, debug=None, native_futures=True):
+def run(main, *, debug=None, native_futures=True, native_tls=True):
     """Run a coroutine on a new ferroloop loop and close it, like
     asyncio.run(): cancels leftover tasks, shuts down async generators and
     the default executor.  Works on Python 3.11 too."""
@@ -60,7 +64,7 @@ def run(main, *, debug=None, native_futures=True):
             "asyncio.run() cannot be called from a running event loop")
 
     def loop_factory():
-        return Loop(native_futures=native_futures)
+        return Loop(native_futures=native_futures, native_tls=native_tls)
 
     with _asyncio.Runner(debug=debug, loop_factory=loop_factory) as runner:
         return runner.run(main)

@@ -23,6 +23,7 @@ import errno
 import selectors
 import signal
 import socket
+import ssl
 import sys
 import threading
 import weakref
@@ -32,6 +33,7 @@ from asyncio.log import logger
 
 from . import _ferroloop
 from ._children import ChildReaper
+from ._tls import SSLProtocol
 from ._transports import (DatagramTransport, ReadPipeTransport, SocketTransport,
                           WritePipeTransport)
 
@@ -101,10 +103,13 @@ class _SelectorView(collections.abc.Mapping):
 class Loop(_ferroloop.LoopCore, unix_events.SelectorEventLoop):
     """An asyncio event loop whose scheduler and I/O polling run in Rust."""
 
-    def __init__(self, *, native_futures=True):
+    def __init__(self, *, native_futures=True, native_tls=True):
         # create_future()/create_task() make ferroloop's native Future and
         # Task; native_futures=False switches back to asyncio's own classes.
         self._native_futures = bool(native_futures)
+        # TLS connections run the native SSLProtocol; native_tls=False
+        # switches back to asyncio's sslproto.
+        self._ssl_protocol_class = SSLProtocol if native_tls else sslproto.SSLProtocol
         # BaseEventLoop's attributes (debug flag, executor, asyncgen set,
         # task factory, exception handler...).  _closed, _stopping, _debug
         # and _thread_id are native properties it writes through.
@@ -249,13 +254,49 @@ class Loop(_ferroloop.LoopCore, unix_events.SelectorEventLoop):
                             extra=None, server=None,
                             ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
                             ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT):
-        # asyncio's own TLS state machine over a native transport.
+        # asyncio's TLS state machine (natively, unless native_tls=False)
+        # over a native transport.
         self._ensure_fd_no_transport(rawsock)
-        ssl_protocol = sslproto.SSLProtocol(
+        ssl_protocol = self._ssl_protocol_class(
             self, protocol, sslcontext, waiter, server_side, server_hostname,
             ssl_handshake_timeout=ssl_handshake_timeout,
             ssl_shutdown_timeout=ssl_shutdown_timeout)
         self._socket_transport_class(rawsock)(self, rawsock, ssl_protocol, extra=extra, server=server)
+        return ssl_protocol._app_transport
+
+    async def start_tls(self, transport, protocol, sslcontext, *,
+                        server_side=False,
+                        server_hostname=None,
+                        ssl_handshake_timeout=None,
+                        ssl_shutdown_timeout=None):
+        """Upgrade transport to TLS; return the transport protocol must use
+        from now on (asyncio's start_tls, with this loop's SSLProtocol)."""
+        if not isinstance(sslcontext, ssl.SSLContext):
+            raise TypeError(
+                f'sslcontext is expected to be an instance of ssl.SSLContext, '
+                f'got {sslcontext!r}')
+        if not getattr(transport, '_start_tls_compatible', False):
+            raise TypeError(
+                f'transport {transport!r} is not supported by start_tls()')
+
+        waiter = self.create_future()
+        ssl_protocol = self._ssl_protocol_class(
+            self, protocol, sslcontext, waiter, server_side, server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+            call_connection_made=False)
+        # No read may reach the new protocol before its connection_made().
+        transport.pause_reading()
+        transport.set_protocol(ssl_protocol)
+        connection_made = self.call_soon(ssl_protocol.connection_made, transport)
+        resume = self.call_soon(transport.resume_reading)
+        try:
+            await waiter
+        except BaseException:
+            transport.close()
+            connection_made.cancel()
+            resume.cancel()
+            raise
         return ssl_protocol._app_transport
 
     def _make_datagram_transport(self, sock, protocol, address=None,

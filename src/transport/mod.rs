@@ -7,7 +7,9 @@ mod sock_ops;
 mod sockaddr;
 mod stream;
 mod sys;
+mod tls;
 
 pub use sock_ops::SockOp;
 pub use stream::StreamTransport;
+pub use tls::SslProtocol;
 pub use sys::{adapt_malloc_thresholds, io_error};
