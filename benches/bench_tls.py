@@ -11,8 +11,10 @@ second are shown too.  The loops alternate inside every repetition; the
 table shows medians and the ratio asyncio CPU / loop CPU (above 1: less CPU
 than asyncio).
 
-On ferroloop the TLS layer is asyncio's own `sslproto` (Python) over the
-native transport; uvloop has its own TLS layer in Cython.
+On ferroloop the TLS layer is its native SSLProtocol (asyncio's state
+machine in Rust); "ferroloop-pytls" is ferroloop with asyncio's own Python
+`sslproto` instead (`new_event_loop(native_tls=False)`), which shows what
+the native layer gains.  uvloop has its own TLS layer in Cython.
 """
 import argparse
 import json
@@ -24,7 +26,7 @@ import tempfile
 
 from _common import available_loops, describe_exit, machine
 
-LOOPS = ("asyncio", "uvloop", "rloop", "ferroloop")
+LOOPS = ("asyncio", "uvloop", "rloop", "ferroloop-pytls", "ferroloop")
 
 CHILD = r"""
 import asyncio, os, ssl, sys, time
@@ -74,7 +76,11 @@ async def main():
     await server.wait_closed()
     print(wall, cpu)
 
-loop = make_loop(loop_name)
+if loop_name == "ferroloop-pytls":
+    import ferroloop
+    loop = ferroloop.new_event_loop(native_tls=False)
+else:
+    loop = make_loop(loop_name)
 try:
     loop.run_until_complete(main())
 finally:
@@ -111,16 +117,6 @@ def measure(loop_name, size, count, cert, key, timeout):
     return wall, cpu
 
 
-def available(name):
-    if name == "asyncio":
-        return True
-    try:
-        __import__(name)
-    except ImportError:
-        return False
-    return True
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--loops", default=",".join(LOOPS),
@@ -137,7 +133,9 @@ def main():
     unknown = [name for name in loops if name not in LOOPS]
     if unknown:
         ap.error(f"unknown loop(s): {', '.join(unknown)}")
-    loops, notes = available_loops(loops)
+    # ferroloop-pytls is ferroloop too.
+    importable, notes = available_loops([name.split("-")[0] for name in loops])
+    loops = [name for name in loops if name.split("-")[0] in importable]
     for note in notes:
         print(note, file=sys.stderr)
     sizes = [int(s) for s in args.sizes.split(",") if s]
