@@ -340,12 +340,16 @@ impl SslProtocol {
     /// More decrypted data could come out of the SSL object without new
     /// input: bytes wait in the incoming BIO or inside OpenSSL.  When
     /// neither holds any, `read()` would raise SSLWantReadError.
+    /// Anything but a count (a stand-in SSL object's) means "try reading",
+    /// which is what asyncio does.
     fn more_to_read(slf: &Bound<'_, Self>) -> PyResult<bool> {
-        if Self::read_buffer_size(slf)? > 0 {
+        let incoming = Self::required(slf, "incoming BIO", |st| &st.incoming)?;
+        let waiting = incoming.getattr(intern!(slf.py(), "pending"))?.extract::<isize>();
+        if waiting.as_ref().map_or(true, |&n| n > 0) {
             return Ok(true);
         }
         let pending = Self::required(slf, "SSL object", |st| &st.ssl_pending)?;
-        Ok(pending.call0()?.extract::<isize>()? > 0)
+        Ok(pending.call0()?.extract::<isize>().map_or(true, |n| n > 0))
     }
 
     fn wakeup_waiter(slf: &Bound<'_, Self>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
@@ -1568,11 +1572,12 @@ impl SslProtocol {
 }
 
 impl SslProtocol {
+    /// Queue `data`, then count its len() (asyncio's order: an object
+    /// without a length is queued, and the error raised).
     fn append_backlog(slf: &Bound<'_, Self>, data: Bound<'_, PyAny>) -> PyResult<()> {
+        slf.get().st.borrow_mut(slf.py())?.write_backlog.push_back(data.clone().unbind());
         let size = data.len()? as isize;
-        let mut st = slf.get().st.borrow_mut(slf.py())?;
-        st.write_backlog.push_back(data.unbind());
-        st.write_buffer_size += size;
+        slf.get().st.borrow_mut(slf.py())?.write_buffer_size += size;
         Ok(())
     }
 }
