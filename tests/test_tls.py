@@ -488,3 +488,75 @@ def test_native_tls_switch_selects_the_ssl_protocol_class():
             assert run(loop, main()) is expected
         finally:
             loop.close()
+
+
+def test_shutdown_timeout_force_closes_with_timeout_error(loop):
+    async def main():
+        peers = []
+
+        class Deaf(ServerSide):
+            def connection_made(self, transport):
+                super().connection_made(transport)
+                # Paused, the server's TLS layer never reads the client's
+                # close_notify, so never answers it.
+                transport.pause_reading()
+
+        server, port, client_ctx = await tls_server(lambda: Deaf(peers))
+        transport, proto = await loop.create_connection(
+            Recorder, '127.0.0.1', port, ssl=client_ctx, server_hostname='localhost',
+            ssl_shutdown_timeout=0.3)
+        while not peers:
+            await asyncio.sleep(0.01)
+        transport.close()
+        exc = await asyncio.wait_for(proto.lost, 10)
+        assert isinstance(exc, asyncio.TimeoutError)
+        assert str(exc) == 'SSL shutdown timed out'
+        assert proto.events == ['made', 'lost']
+        peers[0].transport.abort()
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+
+
+def test_a_server_side_start_tls_with_a_buffered_protocol(loop):
+    payload = os.urandom(200_000)
+
+    async def main():
+        server_ctx, client_ctx = tls_contexts()
+        got = loop.create_future()
+
+        class Upgrader(asyncio.Protocol):
+            def connection_made(self, transport):
+                self.transport = transport
+
+            def data_received(self, data):
+                assert data == b'STARTTLS'
+                self.transport.pause_reading()  # nothing more in plain text
+                loop.create_task(self.upgrade())
+
+            async def upgrade(self):
+                self.transport.write(b'OK')
+                app = BufferedRecorder(4096)
+                tls = await loop.start_tls(self.transport, app, server_ctx, server_side=True)
+                assert tls.get_protocol() is app
+                while len(app.data) < len(payload):
+                    await asyncio.sleep(0.01)
+                got.set_result(bytes(app.data))
+                tls.close()
+
+        server = await loop.create_server(Upgrader, '127.0.0.1', 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection('127.0.0.1', port)
+        writer.write(b'STARTTLS')
+        assert await reader.readexactly(2) == b'OK'
+        await writer.start_tls(client_ctx, server_hostname='localhost')
+        writer.write(payload)
+        await writer.drain()
+        assert await got == payload
+        assert await reader.read() == b''
+        writer.close()
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
