@@ -10,17 +10,91 @@
 
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyTuple, PyType};
 
 use crate::future::DoneCallback;
-use crate::handles::{call_in_context, is_fatal, run_in_context, run_like_handle, CallArgs, Handle, LoopRef};
+use crate::handles::{call_in_context, is_context, is_fatal, run_in_context, run_like_handle, CallArgs, Handle, LoopRef};
 use crate::hooks::call_hook;
 use crate::task::Task;
 use crate::transport::StreamTransport;
 
+/// A done callback's callable.  A bound method (`types.MethodType`, as in
+/// TaskGroup's `task.add_done_callback(self._on_task_done)`) is kept as its
+/// function and instance: the method object itself would be one more object
+/// on the garbage collector's list per pending callback, which every full
+/// collection walks, and calling `func(instance, future)` is what the
+/// method's own vectorcall does.  It is rebuilt (an equal method) wherever
+/// Python code gets to see the callback.
+pub enum CallbackFn {
+    Plain(Py<PyAny>),
+    Method { func: Py<PyAny>, instance: Py<PyAny> },
+}
+
+fn method_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    static TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    TYPE.import(py, "types", "MethodType")
+}
+
+impl CallbackFn {
+    pub fn new(callback: Bound<'_, PyAny>) -> CallbackFn {
+        let py = callback.py();
+        let is_method = method_type(py).is_ok_and(|t| callback.get_type().is(t));
+        if is_method {
+            if let (Ok(func), Ok(instance)) =
+                (callback.getattr(intern!(py, "__func__")), callback.getattr(intern!(py, "__self__")))
+            {
+                return CallbackFn::Method { func: func.unbind(), instance: instance.unbind() };
+            }
+        }
+        CallbackFn::Plain(callback.unbind())
+    }
+
+    /// The callable as Python code would see it.
+    pub fn to_object(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        match self {
+            CallbackFn::Plain(f) => Ok(f.clone_ref(py)),
+            CallbackFn::Method { func, instance } => Ok(method_type(py)?.call1((func, instance))?.unbind()),
+        }
+    }
+
+    /// `callback == other`, as remove_done_callback compares (identity
+    /// first, as PyObject_RichCompareBool).
+    pub fn matches(&self, other: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let py = other.py();
+        match self {
+            CallbackFn::Plain(f) => Ok(f.bind(py).is(other) || f.bind(py).eq(other)?),
+            CallbackFn::Method { .. } => self.to_object(py)?.bind(py).eq(other),
+        }
+    }
+
+    pub fn visit<E>(&self, visit: &mut dyn FnMut(&Py<PyAny>) -> Result<(), E>) -> Result<(), E> {
+        match self {
+            CallbackFn::Plain(f) => visit(f),
+            CallbackFn::Method { func, instance } => {
+                visit(func)?;
+                visit(instance)
+            }
+        }
+    }
+
+    /// Call it with `arg` in `context`.
+    fn call_in(&self, py: Python<'_>, context: &Py<PyAny>, arg: &Py<PyAny>) -> PyResult<()> {
+        match self {
+            CallbackFn::Plain(f) => call_in_context(py, context, f.bind(py), &CallArgs::One(arg.clone_ref(py))),
+            CallbackFn::Method { func, instance } if is_context(context.bind(py)) => {
+                run_in_context(py, context, || func.bind(py).call1((instance, arg)).map(drop))
+            }
+            CallbackFn::Method { .. } => {
+                call_in_context(py, context, self.to_object(py)?.bind(py), &CallArgs::One(arg.clone_ref(py)))
+            }
+        }
+    }
+}
+
 pub enum NativeCallback {
     /// `callback(future)` in `context`.
-    Done { callback: Py<PyAny>, future: Py<PyAny>, context: Py<PyAny> },
+    Done { callback: CallbackFn, future: Py<PyAny>, context: Py<PyAny> },
     /// A task's awaited future is done.
     Wakeup { task: Py<Task>, future: Py<PyAny> },
     /// A task's next step, optionally throwing `exc` into the coroutine.
@@ -42,7 +116,7 @@ impl NativeCallback {
     fn as_call<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>, Py<PyAny>)> {
         Ok(match self {
             NativeCallback::Done { callback, future, context } => (
-                callback.bind(py).clone(),
+                callback.to_object(py)?.into_bound(py),
                 PyTuple::new(py, [future.clone_ref(py)])?,
                 context.clone_ref(py),
             ),
@@ -85,9 +159,7 @@ impl NativeCallback {
     /// Run it (from the loop's ready queue), like `Handle._run`.
     pub fn run(&self, py: Python<'_>, loop_: &Bound<'_, PyAny>) -> PyResult<()> {
         let outcome = match self {
-            NativeCallback::Done { callback, future, context } => {
-                call_in_context(py, context, callback.bind(py), &CallArgs::One(future.clone_ref(py)))
-            }
+            NativeCallback::Done { callback, future, context } => callback.call_in(py, context, future),
             // The contexts as Bound: dropping a Py consults a thread-local
             // first, and these run every step.
             NativeCallback::Wakeup { task, future } => {

@@ -20,7 +20,7 @@ use pyo3::{PyTraverseError, PyVisit};
 use smallvec::SmallVec;
 
 use crate::asyncio_api::api;
-use crate::callbacks::NativeCallback;
+use crate::callbacks::{CallbackFn, NativeCallback};
 use crate::event_loop::LoopCore;
 use crate::gil_cell::GilCell;
 use crate::handles::copy_current_context;
@@ -48,7 +48,7 @@ impl Phase {
 /// A done callback waiting for the future.
 pub enum DoneCallback {
     /// `add_done_callback(cb, context=ctx)`.
-    Python { callback: Py<PyAny>, context: Py<PyAny> },
+    Python { callback: CallbackFn, context: Py<PyAny> },
     /// A native task awaiting this future (runs in the task's context).
     Wakeup(Py<Task>),
 }
@@ -401,7 +401,7 @@ impl Future {
             Some(c) => c,
             None => copy_current_context(py)?,
         };
-        Future::add_done(slf, DoneCallback::Python { callback: r#fn, context })
+        Future::add_done(slf, DoneCallback::Python { callback: CallbackFn::new(r#fn.into_bound(py)), context })
     }
 
     fn remove_done_callback(slf: &Bound<'_, Self>, r#fn: &Bound<'_, PyAny>) -> PyResult<usize> {
@@ -425,9 +425,7 @@ impl Future {
                 continue;
             }
             let equal = match &cb {
-                // Identity first, as PyObject_RichCompareBool does.
-                DoneCallback::Python { callback, .. } if callback.bind(py).is(r#fn) => Ok(true),
-                DoneCallback::Python { callback, .. } => callback.bind(py).eq(r#fn),
+                DoneCallback::Python { callback, .. } => callback.matches(r#fn),
                 DoneCallback::Wakeup(task) => {
                     task.bind(py).getattr(pyo3::intern!(py, "_Task__wakeup")).and_then(|m| m.eq(r#fn))
                 }
@@ -606,9 +604,7 @@ impl Future {
             let mut out = Vec::with_capacity(st.callbacks.len());
             for cb in &st.callbacks {
                 match cb {
-                    DoneCallback::Python { callback, context } => {
-                        out.push((callback.clone_ref(py), context.clone_ref(py)))
-                    }
+                    DoneCallback::Python { callback, context } => out.push((callback.to_object(py)?, context.clone_ref(py))),
                     DoneCallback::Wakeup(task) => out.push((task.clone_ref(py).into_any(), py.None())),
                 }
             }
@@ -674,7 +670,7 @@ impl FutureState {
         for cb in &self.callbacks {
             match cb {
                 DoneCallback::Python { callback, context } => {
-                    visit(callback)?;
+                    callback.visit(visit)?;
                     visit(context)?;
                 }
                 DoneCallback::Wakeup(task) => visit(task.as_any())?,

@@ -287,7 +287,7 @@ pub fn run_in_context<T>(py: Python<'_>, ctx: &Py<PyAny>, f: impl FnOnce() -> Py
     result
 }
 
-fn is_context(obj: &Bound<'_, PyAny>) -> bool {
+pub fn is_context(obj: &Bound<'_, PyAny>) -> bool {
     // SAFETY: `obj` is a live object; the check only reads its type.
     unsafe { ffi::PyContext_CheckExact(obj.as_ptr()) != 0 }
 }

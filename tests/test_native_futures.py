@@ -181,6 +181,85 @@ def test_done_callback_error_goes_to_the_exception_handler(loop):
     assert isinstance(errors[0]["exception"], ZeroDivisionError)
 
 
+class Listener:
+    """Bound methods as done callbacks (TaskGroup's pattern)."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_done(self, fut):
+        self.seen.append(("done", fut))
+
+    def on_other(self, fut):
+        self.seen.append(("other", fut))
+
+    def boom(self, fut):
+        raise ZeroDivisionError("method")
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_bound_method_done_callbacks(loop, debug):
+    loop.set_debug(debug)
+    fut = loop.create_future()
+    listener, other = Listener(), Listener()
+    fut.add_done_callback(listener.on_done)
+    fut.add_done_callback(listener.on_other)
+    fut.add_done_callback(other.on_done)
+    fut.add_done_callback(listener.on_done)
+    # What _callbacks shows is equal to the methods added (a fresh bound
+    # method compares equal: same function, same instance).
+    assert [cb for cb, _ in fut._callbacks] == [
+        listener.on_done, listener.on_other, other.on_done, listener.on_done]
+    assert all(isinstance(cb, types.MethodType) for cb, _ in fut._callbacks)
+    assert "Listener.on_done" in repr(fut)
+    # Same function, other instance: not removed.
+    assert fut.remove_done_callback(listener.on_done) == 2
+    assert fut.remove_done_callback(listener.on_done) == 0
+    fut.set_result(1)
+    loop.run_until_complete(asyncio.sleep(0))
+    assert listener.seen == [("other", fut)]
+    assert other.seen == [("done", fut)]
+
+
+def test_bound_method_done_callback_error_names_the_method(loop):
+    errors = collect_errors(loop)
+    fut = loop.create_future()
+    fut.add_done_callback(Listener().boom)
+    fut.set_result(None)
+    loop.run_until_complete(asyncio.sleep(0))
+    assert len(errors) == 1
+    assert isinstance(errors[0]["exception"], ZeroDivisionError)
+    assert "Listener.boom" in repr(errors[0]["handle"])
+
+
+def test_cycle_through_a_bound_method_callback_is_collected(loop):
+    # future -> callback's instance -> future: only the collector frees it.
+    listener = Listener()
+    fut = loop.create_future()
+    listener.fut = fut
+    fut.add_done_callback(listener.on_done)
+    ref = weakref.ref(listener)
+    del listener, fut
+    gc.collect()
+    assert ref() is None
+
+
+@pytest.mark.skipif(not on_ferroloop(), reason="ferroloop keeps a bound method as function + instance")
+def test_bound_method_callbacks_keep_no_method_objects(loop):
+    listener = Listener()
+    futs = [loop.create_future() for _ in range(200)]
+    gc.collect()
+    before = sum(type(o) is types.MethodType for o in gc.get_objects())
+    for fut in futs:
+        fut.add_done_callback(listener.on_done)
+    after = sum(type(o) is types.MethodType for o in gc.get_objects())
+    assert after - before < 10
+    for fut in futs:
+        fut.set_result(None)
+    loop.run_until_complete(asyncio.sleep(0))
+    assert len(listener.seen) == 200
+
+
 def test_await_future(loop):
     async def main():
         fut = loop.create_future()
