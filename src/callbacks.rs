@@ -14,7 +14,9 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple, PyType};
 
 use crate::future::DoneCallback;
-use crate::handles::{call_in_context, is_context, is_fatal, run_in_context, run_like_handle, CallArgs, Handle, LoopRef};
+use crate::handles::{
+    call_in_context, is_context, is_fatal, run_in_context, run_like_handle, CallArgs, Handle, HandleContext, LoopRef,
+};
 use crate::hooks::call_hook;
 use crate::task::Task;
 use crate::transport::StreamTransport;
@@ -94,7 +96,7 @@ impl CallbackFn {
 
 pub enum NativeCallback {
     /// `callback(future)` in `context`.
-    Done { callback: CallbackFn, future: Py<PyAny>, context: Py<PyAny> },
+    Done { callback: CallbackFn, future: Py<PyAny>, context: HandleContext },
     /// A task's awaited future is done.
     Wakeup { task: Py<Task>, future: Py<PyAny> },
     /// A task's next step, optionally throwing `exc` into the coroutine.
@@ -118,7 +120,7 @@ impl NativeCallback {
             NativeCallback::Done { callback, future, context } => (
                 callback.to_object(py)?.into_bound(py),
                 PyTuple::new(py, [future.clone_ref(py)])?,
-                context.clone_ref(py),
+                context.share(py),
             ),
             NativeCallback::Wakeup { task, future } => (
                 task.bind(py).getattr(intern!(py, "_Task__wakeup"))?,
@@ -159,7 +161,9 @@ impl NativeCallback {
     /// Run it (from the loop's ready queue), like `Handle._run`.
     pub fn run(&self, py: Python<'_>, loop_: &Bound<'_, PyAny>) -> PyResult<()> {
         let outcome = match self {
-            NativeCallback::Done { callback, future, context } => callback.call_in(py, context, future),
+            // Running code in the copy hands it to no one: it stays off the
+            // GC's list until it is dropped (see FutureState::refs).
+            NativeCallback::Done { callback, future, context } => callback.call_in(py, context.peek(), future),
             // The contexts as Bound: dropping a Py consults a thread-local
             // first, and these run every step.
             NativeCallback::Wakeup { task, future } => {

@@ -23,7 +23,7 @@ use crate::asyncio_api::api;
 use crate::callbacks::{CallbackFn, NativeCallback};
 use crate::event_loop::LoopCore;
 use crate::gil_cell::GilCell;
-use crate::handles::copy_current_context;
+use crate::handles::HandleContext;
 use crate::hooks::call_hook;
 use crate::task::Task;
 
@@ -48,7 +48,10 @@ impl Phase {
 /// A done callback waiting for the future.
 pub enum DoneCallback {
     /// `add_done_callback(cb, context=ctx)`.
-    Python { callback: CallbackFn, context: Py<PyAny> },
+    /// The context: `context=` as given, or a private copy of the current
+    /// one, kept off the GC's list while only this callback holds it (see
+    /// `FutureState::refs`).
+    Python { callback: CallbackFn, context: HandleContext },
     /// A native task awaiting this future (runs in the task's context).
     Wakeup(Py<Task>),
 }
@@ -397,10 +400,7 @@ impl Future {
         context: Option<Py<PyAny>>,
     ) -> PyResult<()> {
         let py = slf.py();
-        let context = match context {
-            Some(c) => c,
-            None => copy_current_context(py)?,
-        };
+        let context = HandleContext::new(py, context)?;
         Future::add_done(slf, DoneCallback::Python { callback: CallbackFn::new(r#fn.into_bound(py)), context })
     }
 
@@ -604,7 +604,7 @@ impl Future {
             let mut out = Vec::with_capacity(st.callbacks.len());
             for cb in &st.callbacks {
                 match cb {
-                    DoneCallback::Python { callback, context } => out.push((callback.to_object(py)?, context.clone_ref(py))),
+                    DoneCallback::Python { callback, context } => out.push((callback.to_object(py)?, context.share(py))),
                     DoneCallback::Wakeup(task) => out.push((task.clone_ref(py).into_any(), py.None())),
                 }
             }
@@ -637,7 +637,9 @@ impl Future {
     /// visiting the same references.
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         match self.st.try_peek() {
-            Some(st) => st.refs(&mut |o| visit.call(o)),
+            // (Replaced at run time by slots.rs's traversal, which reports
+            // an untracked context's references; here it is just visited.)
+            Some(st) => st.refs(&mut |o| visit.call(o), &mut |o| visit.call(o)),
             None => Ok(()),
         }
     }
@@ -654,7 +656,21 @@ impl Future {
 impl FutureState {
     /// Call `visit` on every object this state refers to, stopping at the
     /// first error (the garbage collector's traversal protocol).
-    pub fn refs<E>(&self, visit: &mut dyn FnMut(&Py<PyAny>) -> Result<(), E>) -> Result<(), E> {
+    ///
+    /// A done callback's private context copy is off the GC's list (one
+    /// object less per pending callback for every collection to walk; it
+    /// made full collections the main cost of TaskGroup fan-out).  The
+    /// collector would then never see what that copy refers to, and a cycle
+    /// through a context variable back to this future would leak; so
+    /// `through` is called with it instead of `visit`: the real traversal
+    /// (slots.rs) reports the copy's own references on its behalf.  That is
+    /// exact because only this callback holds the copy while it is
+    /// untracked (it is tracked again before it is shared).
+    pub fn refs<E>(
+        &self,
+        visit: &mut dyn FnMut(&Py<PyAny>) -> Result<(), E>,
+        through: &mut dyn FnMut(&Py<PyAny>) -> Result<(), E>,
+    ) -> Result<(), E> {
         let singles = [
             &self.loop_,
             &self.result,
@@ -671,7 +687,11 @@ impl FutureState {
             match cb {
                 DoneCallback::Python { callback, context } => {
                     callback.visit(visit)?;
-                    visit(context)?;
+                    if context.is_untracked() {
+                        through(context.peek())?;
+                    } else {
+                        visit(context.peek())?;
+                    }
                 }
                 DoneCallback::Wakeup(task) => visit(task.as_any())?,
             }

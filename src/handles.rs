@@ -203,6 +203,11 @@ impl HandleContext {
         &self.ctx
     }
 
+    /// Our own copy, currently off the GC's list.
+    pub fn is_untracked(&self) -> bool {
+        self.untracked.load(Ordering::Relaxed)
+    }
+
     /// Put our copy back on the GC's list (once code may have set
     /// variables in it, or before anyone else may hold it).
     pub fn expose_to_gc(&self) {

@@ -401,13 +401,24 @@ unsafe fn traverse(
     is_task: bool,
 ) -> std::ffi::c_int {
     // SAFETY: see the function's contract; nothing here changes a reference
-    // count or calls into Python: it only reads pointers and calls `visit`.
+    // count or calls into Python: it only reads pointers and calls `visit`
+    // (directly, or through a Context's own tp_traverse, which does the
+    // same for the context copies only this future holds).
     unsafe {
         let raw = |o: *mut ffi::PyObject| match if o.is_null() { 0 } else { visit(o, arg) } {
             0 => Ok(()),
             r => Err(r),
         };
         let mut call = |o: &Py<PyAny>| raw(o.as_ptr());
+        // An untracked context copy only a done callback holds: report its
+        // references as its own traversal would (see FutureState::refs).
+        let mut through = |o: &Py<PyAny>| match (*ffi::Py_TYPE(o.as_ptr())).tp_traverse {
+            Some(traverse_ctx) => match traverse_ctx(o.as_ptr(), visit, arg) {
+                0 => Ok(()),
+                r => Err(r),
+            },
+            None => Ok(()),
+        };
         let outcome = (|| {
             raw(ffi::Py_TYPE(obj).cast())?;
             let dict_offset = (*crate::native_types::future_type()).tp_dictoffset;
@@ -417,7 +428,7 @@ unsafe fn traverse(
             let py = Python::assume_attached();
             let fut = Borrowed::from_ptr(py, obj).cast_unchecked::<Future>();
             if let Some(st) = fut.get().st.try_peek() {
-                st.refs(&mut call)?;
+                st.refs(&mut call, &mut through)?;
             }
             if is_task {
                 fut.cast_unchecked::<Task>().get().refs(&mut call)?;

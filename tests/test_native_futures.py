@@ -244,6 +244,60 @@ def test_cycle_through_a_bound_method_callback_is_collected(loop):
     assert ref() is None
 
 
+class Holder:
+    pass
+
+
+def test_cycle_through_a_done_callbacks_context_is_collected(loop):
+    # The callback's context copy holds a variable whose value holds the
+    # pending future: only the collector can free them, and it must see
+    # through the copy to do so.
+    var = contextvars.ContextVar("holder")
+    refs = []
+
+    def make():
+        holder = Holder()
+        holder.fut = loop.create_future()
+        var.set(holder)
+        holder.fut.add_done_callback(lambda f: None)
+        refs.append(weakref.ref(holder))
+
+    for _ in range(50):
+        contextvars.Context().run(make)
+    gc.collect()
+    assert [r for r in refs if r() is not None] == []
+
+
+def test_done_callback_context_survives_collections_and_runs(loop):
+    var = contextvars.ContextVar("v", default="unset")
+    seen = []
+    futs = []
+
+    def add(i):
+        var.set(i)
+        fut = loop.create_future()
+        fut.add_done_callback(lambda f: seen.append((var.get(), var.set("cb"))[0]))
+        futs.append(fut)
+
+    for i in range(300):
+        contextvars.Context().run(add, i)
+        if i % 50 == 0:
+            gc.collect()
+    # The contexts handed out are real, and the callbacks still run in them.
+    ctx = futs[7]._callbacks[0][1]
+    assert isinstance(ctx, contextvars.Context) and ctx[var] == 7
+    assert gc.get_referents(futs[8])  # the traversal walks without error
+    gc.collect()
+    for fut in futs:
+        fut.set_result(None)
+    loop.run_until_complete(asyncio.sleep(0))
+    gc.collect()
+    assert seen == list(range(300))
+    # Setting a variable in a callback's context stays in that context.
+    assert var.get() == "unset"
+    assert ctx[var] == "cb"
+
+
 @pytest.mark.skipif(not on_ferroloop(), reason="ferroloop keeps a bound method as function + instance")
 def test_bound_method_callbacks_keep_no_method_objects(loop):
     listener = Listener()
