@@ -457,16 +457,24 @@ unsafe extern "C" fn task_traverse(
     unsafe { traverse(obj, visit, arg, true) }
 }
 
-// -- call_soon / call_soon_threadsafe ------------------------------------------
+// -- call_soon / call_soon_threadsafe / create_task ---------------------------
 //
 // pyo3 collects `*args` into a tuple; asyncio's most common call,
 // `call_soon(callback, one_arg)`, then pays for a tuple it does not need.
 // These are METH_FASTCALL|METH_KEYWORDS methods that read the argument array
 // directly (see handles::CallArgs) and hand over to LoopCore::schedule_soon.
+// create_task's `**kwargs` would likewise make pyo3 build a tuple and a dict
+// for every call; here a dict is made only for keywords besides name and
+// context (which only task factories and 3.13.3+'s Task take).
 
 fn install_call_soon(py: Python<'_>) -> PyResult<()> {
     let tp = py.get_type::<LoopCore>().as_type_ptr();
-    let methods: [(&'static std::ffi::CStr, ffi::PyCFunctionFastWithKeywords, &'static std::ffi::CStr); 2] = [
+    let methods: [(&'static std::ffi::CStr, ffi::PyCFunctionFastWithKeywords, &'static std::ffi::CStr); 3] = [
+        (
+            c"create_task",
+            create_task_fast,
+            c"create_task(coro, *, name=None, context=None, **kwargs)\n--\n\nSchedule a coroutine object; return a Task.",
+        ),
         (
             c"call_soon",
             call_soon_fast,
@@ -495,7 +503,7 @@ fn install_call_soon(py: Python<'_>) -> PyResult<()> {
             let dict = (*tp).tp_dict;
             if dict.is_null() || ffi::PyDict_SetItemString(dict, name.as_ptr(), descr.as_ptr()) < 0 {
                 return Err(PyErr::take(py).unwrap_or_else(|| {
-                    pyo3::exceptions::PyRuntimeError::new_err("ferroloop: cannot install call_soon")
+                    pyo3::exceptions::PyRuntimeError::new_err("ferroloop: cannot install a fast loop method")
                 }));
             }
         }
@@ -550,6 +558,61 @@ unsafe fn schedule_fast(
         }
     };
     into_slot_result(py, no_unwind(name, run))
+}
+
+/// Parse `(coro, *, name=None, context=None, **kwargs)` from a vectorcall
+/// and create the task.
+///
+/// # Safety
+/// Called by CPython as a METH_FASTCALL|METH_KEYWORDS method of LoopCore:
+/// GIL held, `slf` a LoopCore instance (the method descriptor checked it),
+/// `args` holding `nargs` positional then `len(kwnames)` keyword values.
+unsafe extern "C" fn create_task_fast(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: see the function's contract.
+    let py = unsafe { Python::assume_attached() };
+    let run = || -> PyResult<Py<PyAny>> {
+        // SAFETY: see the function's contract.
+        unsafe {
+            let nargs = ffi::PyVectorcall_NARGS(nargsf as usize) as usize;
+            if nargs > 1 {
+                return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+                    "create_task() takes 1 positional argument but {nargs} were given"
+                )));
+            }
+            let mut coro = (nargs == 1).then(|| Borrowed::from_ptr(py, *args).to_owned());
+            let (mut name, mut context, mut extra) = (None, None, None::<Bound<'_, pyo3::types::PyDict>>);
+            if !kwnames.is_null() {
+                let names = Borrowed::from_ptr(py, kwnames).cast_unchecked::<pyo3::types::PyTuple>();
+                for (i, key) in names.iter().enumerate() {
+                    let value = Borrowed::from_ptr(py, *args.add(nargs + i)).to_owned();
+                    if key.eq("name")? {
+                        name = Some(value);
+                    } else if key.eq("context")? {
+                        context = Some(value.unbind());
+                    } else if key.eq("coro")? && coro.is_none() {
+                        coro = Some(value);
+                    } else if key.eq("coro")? {
+                        return Err(pyo3::exceptions::PyTypeError::new_err(
+                            "create_task() got multiple values for argument 'coro'",
+                        ));
+                    } else {
+                        extra.get_or_insert_with(|| pyo3::types::PyDict::new(py)).set_item(key, value)?;
+                    }
+                }
+            }
+            let coro = coro.ok_or_else(|| {
+                pyo3::exceptions::PyTypeError::new_err("create_task() missing 1 required positional argument: 'coro'")
+            })?;
+            let core = Borrowed::from_ptr(py, slf).cast_unchecked::<LoopCore>();
+            LoopCore::create_task_impl(&core, coro, name, context, extra.as_ref())
+        }
+    };
+    into_slot_result(py, no_unwind("create_task", run))
 }
 
 unsafe extern "C" fn call_soon_fast(

@@ -511,6 +511,25 @@ def test_create_task_takes_extra_keywords_only_where_cpython_does(loop):
         coro.close()
 
 
+def test_create_task_arguments_as_asyncio_takes_them(loop):
+    async def one():
+        return 1
+
+    ctx = contextvars.copy_context()
+    task = loop.create_task(coro=one(), name="kw", context=ctx)
+    assert task.get_name() == "kw" and task.get_context() is ctx
+    assert loop.run_until_complete(task) == 1
+    with pytest.raises(TypeError):
+        loop.create_task()
+    coro, other = one(), one()
+    with pytest.raises(TypeError):
+        loop.create_task(coro, other)
+    with pytest.raises(TypeError):
+        loop.create_task(coro, coro=other)
+    coro.close()
+    other.close()
+
+
 def test_create_task_makes_the_native_class(loop):
     async def main():
         task = loop.create_task(_value(1))
