@@ -512,13 +512,19 @@ def test_create_task_takes_extra_keywords_only_where_cpython_does(loop):
 
 
 def test_create_task_arguments_as_asyncio_takes_them(loop):
+    var = contextvars.ContextVar("where", default="caller")
+
     async def one():
         return 1
 
+    async def where():
+        return var.get()
+
     ctx = contextvars.copy_context()
-    task = loop.create_task(coro=one(), name="kw", context=ctx)
-    assert task.get_name() == "kw" and task.get_context() is ctx
-    assert loop.run_until_complete(task) == 1
+    ctx.run(var.set, "given")
+    task = loop.create_task(coro=where(), name="kw", context=ctx)
+    assert task.get_name() == "kw"
+    assert loop.run_until_complete(task) == "given"
     with pytest.raises(TypeError):
         loop.create_task()
     coro, other = one(), one()
