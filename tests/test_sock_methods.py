@@ -678,3 +678,43 @@ def test_closing_a_waiting_sock_coroutine_after_the_loop_closed_is_silent(sockpa
     finally:
         lp.close()
     coro.close()
+
+
+def test_sock_sendall_on_a_socket_subclass_leaks_no_memory(loop):
+    # Partial sends through a subclass's send() slice what is left; the
+    # slice's bounds must be released (pyo3's PySlice::new leaked them).
+    import sys
+
+    class MySock(socket.socket):
+        pass
+
+    async def main():
+        a, b = socket.socketpair()
+        a = MySock(fileno=a.detach())
+        a.setblocking(False)
+        b.setblocking(False)
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+
+        async def exchange(n):
+            async def drain():
+                got = 0
+                while got < n * 100_000:
+                    got += len(await loop.sock_recv(b, 4096))
+
+            async def send():
+                for _ in range(n):
+                    await loop.sock_sendall(a, b'x' * 100_000)
+
+            await asyncio.gather(send(), drain())
+
+        await exchange(20)
+        gc.collect()
+        before = sys.getallocatedblocks()
+        await exchange(200)  # thousands of partial sends
+        gc.collect()
+        a.close()
+        b.close()
+        return sys.getallocatedblocks() - before
+
+    assert loop.run_until_complete(main()) < 300
+

@@ -560,3 +560,34 @@ def test_a_server_side_start_tls_with_a_buffered_protocol(loop):
         await server.wait_closed()
 
     run(loop, main())
+
+
+def test_reads_and_writes_leak_no_memory(loop):
+    # Every TLS read slices the receive buffer; the slice's bounds must be
+    # released (pyo3's PySlice::new leaked them: one int per read).
+    import sys
+
+    async def main():
+        server, port, client_ctx = await tls_server(Echo)
+        reader, writer = await asyncio.open_connection(
+            '127.0.0.1', port, ssl=client_ctx, server_hostname='localhost')
+
+        async def rounds(n):
+            for _ in range(n):
+                writer.write(b'x' * 1000)
+                await reader.readexactly(1000)
+
+        await rounds(300)
+        gc.collect()
+        before = sys.getallocatedblocks()
+        await rounds(3000)
+        gc.collect()
+        grown = sys.getallocatedblocks() - before
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+        return grown
+
+    # 6000 reads (both ends): a leak per read would show as thousands.
+    assert run(loop, main()) < 300

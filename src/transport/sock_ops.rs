@@ -337,7 +337,7 @@ impl SockOp {
             Args::Into(buf) => sock.call_method1(intern!(py, "recv_into"), (buf,)),
             Args::Send(data, sent) => {
                 let view = PyMemoryView::from(data.bind(py))?;
-                let rest = view.get_item(pyo3::types::PySlice::new(py, sent as isize, isize::MAX, 1))?;
+                let rest = super::sys::slice_of(view.as_any(), sent as isize, None)?;
                 send_len = Some(rest.len()?);
                 sock.call_method1(intern!(py, "send"), (rest,))
             }

@@ -301,6 +301,26 @@ pub fn writable_view<'py>(buf: &Bound<'py, PyAny>, method: &str) -> PyResult<Buf
     })
 }
 
+/// `obj[start:stop]` (`stop` None: to the end).
+///
+/// Not pyo3's `PySlice::new`: up to pyo3 0.30 it hands PySlice_New three
+/// new integers and never releases them (PySlice_New takes its own
+/// references), a leak per call for any bound above 256 -- one per TLS
+/// read, as it was used here.
+pub fn slice_of<'py>(obj: &Bound<'py, PyAny>, start: isize, stop: Option<isize>) -> PyResult<Bound<'py, PyAny>> {
+    let py = obj.py();
+    let start = start.into_pyobject(py)?;
+    let stop = match stop {
+        Some(stop) => stop.into_pyobject(py)?.into_any(),
+        None => py.None().into_bound(py),
+    };
+    // SAFETY: `start` and `stop` are live objects we hold (PySlice_New
+    // takes its own references to them); a NULL step means None.
+    // PySlice_New returns a new reference or NULL with an exception set.
+    let slice = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PySlice_New(start.as_ptr(), stop.as_ptr(), std::ptr::null_mut()))? };
+    obj.get_item(slice)
+}
+
 /// Run `f` on the bytes of a bytes-like object: exact bytes directly (the
 /// common case, without the buffer protocol), anything else through a
 /// `BufferView`.

@@ -26,6 +26,7 @@ use pyo3::types::{PyByteArray, PyBytes, PyDict, PyList, PyMemoryView, PyString, 
 use pyo3::{intern, PyTraverseError, PyVisit};
 use smallvec::SmallVec;
 
+use super::sys::slice_of;
 use crate::gil_cell::GilCell;
 use crate::handles::is_fatal;
 
@@ -625,7 +626,7 @@ impl SslProtocol {
             };
             let data_len = data.len()? as isize;
             if count < data_len {
-                let rest = data.get_item(pyo3::types::PySlice::new(py, count, isize::MAX, 1))?.unbind();
+                let rest = slice_of(&data, count, None)?.unbind();
                 let mut st = slf.get().st.borrow_mut(py)?;
                 let old = st.write_backlog.front_mut().map(|front| std::mem::replace(front, rest));
                 st.write_buffer_size -= count;
@@ -717,7 +718,7 @@ impl SslProtocol {
                         // read() would raise SSLWantReadError.
                         return Ok(());
                     }
-                    let rest = buf.get_item(pyo3::types::PySlice::new(py, offset, isize::MAX, 1))?;
+                    let rest = slice_of(&buf, offset, None)?;
                     count = read.call1((wants - offset, rest))?.extract()?;
                     if count > 0 {
                         offset += count;
@@ -1108,7 +1109,7 @@ impl SslProtocol {
         let (Some(view), Some(write)) = (view, write) else {
             return Err(PyRuntimeError::new_err("SSLProtocol has no incoming BIO"));
         };
-        let received = view.bind(py).get_item(pyo3::types::PySlice::new(py, 0, nbytes, 1))?;
+        let received = slice_of(view.bind(py), 0, Some(nbytes))?;
         write.bind(py).call1((received,))?;
         match state {
             State::DoHandshake => Self::do_handshake(slf),
