@@ -883,7 +883,21 @@ impl SslProtocol {
         }
     }
 
+    /// asyncio's `_fatal_error`, called where asyncio calls it inside an
+    /// `except` clause handling `exc` (its debug log's `exc_info=True`
+    /// then shows `exc`).
     fn fatal_error(slf: &Bound<'_, Self>, exc: &Bound<'_, PyAny>, message: &str) -> PyResult<()> {
+        Self::fatal_error_logging(slf, exc, message, Some(exc))
+    }
+
+    /// `_fatal_error`; `handling`: the exception asyncio's `exc_info=True`
+    /// would find being handled (None: whatever Python code is handling).
+    fn fatal_error_logging(
+        slf: &Bound<'_, Self>,
+        exc: &Bound<'_, PyAny>,
+        message: &str,
+        handling: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
         let py = slf.py();
         let transport = Self::field(slf, |st| &st.transport)?;
         if let Some(transport) = &transport {
@@ -894,7 +908,10 @@ impl SslProtocol {
         if exc.is_instance_of::<PyOSError>() {
             if Self::debug(slf)? {
                 let kwargs = PyDict::new(py);
-                kwargs.set_item("exc_info", exc)?;
+                match handling {
+                    Some(handled) => kwargs.set_item("exc_info", handled)?,
+                    None => kwargs.set_item("exc_info", true)?,
+                }
                 api(py)?.logger.bind(py).call_method(intern!(py, "debug"), ("%r: %s", slf, message), Some(&kwargs))?;
             }
         } else if !exc.is_instance(&api(py)?.exceptions.bind(py).getattr(intern!(py, "CancelledError"))?)? {
@@ -1224,7 +1241,8 @@ impl SslProtocol {
         let message =
             format!("SSL handshake is taking longer than {} seconds: aborting the connection", timeout.str()?);
         let exc = py.get_type::<pyo3::exceptions::PyConnectionAbortedError>().call1((message,))?;
-        Self::fatal_error(slf, &exc, "Fatal error on transport")
+        // Called from a timer, not an except clause.
+        Self::fatal_error_logging(slf, &exc, "Fatal error on transport", None)
     }
 
     fn _start_shutdown(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -1377,7 +1395,7 @@ impl SslProtocol {
 
     #[pyo3(signature = (exc, message="Fatal error on transport"))]
     fn _fatal_error(slf: &Bound<'_, Self>, exc: &Bound<'_, PyAny>, message: &str) -> PyResult<()> {
-        Self::fatal_error(slf, exc, message)
+        Self::fatal_error_logging(slf, exc, message, None)
     }
 
     // -- asyncio's attributes, read-only ---------------------------------------
