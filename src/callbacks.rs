@@ -123,7 +123,7 @@ impl NativeCallback {
                 context.share(py),
             ),
             NativeCallback::Wakeup { task, future } => (
-                task.bind(py).getattr(intern!(py, "_Task__wakeup"))?,
+                task.bind(py).getattr(intern!(py, "task_wakeup"))?,
                 PyTuple::new(py, [future.clone_ref(py)])?,
                 task.get().context(py)?,
             ),

@@ -396,7 +396,7 @@ impl Task {
             return Task::yield_instead_of_yield_from(slf, &result);
         }
         result.setattr(pyo3::intern!(py, "_asyncio_future_blocking"), false)?;
-        let wakeup = slf.getattr(pyo3::intern!(py, "_Task__wakeup"))?;
+        let wakeup = slf.getattr(pyo3::intern!(py, "task_wakeup"))?;
         let kwargs = PyDict::new(py);
         kwargs.set_item(pyo3::intern!(py, "context"), slf.get().context(py)?)?;
         result.call_method(pyo3::intern!(py, "add_done_callback"), (wakeup,), Some(&kwargs))?;
@@ -601,8 +601,10 @@ impl Task {
         Task::step(slf, exc.filter(|e| !e.is_none()))
     }
 
-    /// The wakeup, as a callable (added to futures that are not native).
-    #[pyo3(name = "_Task__wakeup")]
+    /// The wakeup, as a callable (added to futures that are not native,
+    /// and what `_callbacks` shows): named as asyncio's C Task names its
+    /// own, so a future's repr reads `cb=[Task.task_wakeup()]` as there.
+    #[pyo3(name = "task_wakeup")]
     fn wakeup_method(slf: &Bound<'_, Self>, future: &Bound<'_, PyAny>) -> PyResult<()> {
         Task::wakeup(slf, future)
     }

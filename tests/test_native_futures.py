@@ -511,6 +511,23 @@ def test_create_task_takes_extra_keywords_only_where_cpython_does(loop):
         coro.close()
 
 
+def test_awaited_future_repr_names_the_task_wakeup_as_asyncio(loop):
+    async def main():
+        fut = loop.create_future()
+
+        async def waiter():
+            await fut
+
+        task = loop.create_task(waiter())
+        await asyncio.sleep(0)
+        shown = repr(fut)
+        fut.set_result(None)
+        await task
+        return shown
+
+    assert "cb=[Task.task_wakeup()]" in loop.run_until_complete(main())
+
+
 def test_create_task_arguments_as_asyncio_takes_them(loop):
     var = contextvars.ContextVar("where", default="caller")
 
