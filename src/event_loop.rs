@@ -213,6 +213,89 @@ fn closed_error() -> PyErr {
 }
 
 impl LoopCore {
+    /// Schedule a coroutine as a Task.  The common case (native tasks, no
+    /// task factory, not debug mode) is handled here; everything else by
+    /// the Python `_create_task_py`, which passes further keywords
+    /// (eager_start...) on to the Task or the task factory.
+    ///
+    /// `loop.create_task(coro, *, name=None, context=None, **kwargs)`,
+    /// installed by slots.rs as a METH_FASTCALL method: declared through
+    /// pyo3 with `**kwargs`, it would be METH_VARARGS, a tuple and a keyword
+    /// dict per call (TaskGroup passes `name=`).
+    pub fn create_task_impl(
+        slf: &Bound<'_, Self>,
+        coro: Bound<'_, PyAny>,
+        name: Option<Bound<'_, PyAny>>,
+        context: Option<Py<PyAny>>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed()?;
+        let plain_kwargs = kwargs.is_none_or(|k| k.is_empty());
+        if !plain_kwargs && py.version_info() < (3, 13, 3) {
+            // Further keywords reach the Task or the task factory from
+            // CPython 3.13.3 on; before, create_task takes name and context.
+            if let Some(key) = kwargs.and_then(|k| k.keys().iter().next()) {
+                return Err(PyTypeError::new_err(format!(
+                    "create_task() got an unexpected keyword argument '{key}'"
+                )));
+            }
+        }
+        let name = name.filter(|n| !n.is_none());
+        let factory = this.task_factory.borrow_mut(py)?.as_ref().map(|f| f.clone_ref(py).into_bound(py));
+        if plain_kwargs && !this.is_debug() {
+            let native = this.native_futures.load(Ordering::Relaxed);
+            match factory {
+                None if native => {
+                    return Ok(Task::create(py, slf.clone().into_any(), coro, name, context, None)?.into_any());
+                }
+                // A factory's task is named once it is made, as asyncio
+                // names it (so after an eager task's first step).
+                Some(f) => {
+                    let task = if native && Self::is_asyncio_eager_factory(py, &f)? {
+                        // asyncio.eager_task_factory: a native eager task,
+                        // without the factory's Python frame and keyword dicts.
+                        Task::create(py, slf.clone().into_any(), coro, None, context, Some(true))?.into_bound(py).into_any()
+                    } else {
+                        // Any other factory, called as asyncio's create_task calls it.
+                        match context.filter(|c| !c.is_none(py)) {
+                            None => f.call1((slf, coro))?,
+                            Some(c) => {
+                                let kw = PyDict::new(py);
+                                kw.set_item(intern!(py, "context"), c)?;
+                                f.call((slf, coro), Some(&kw))?
+                            }
+                        }
+                    };
+                    if let Some(name) = name {
+                        match task.getattr_opt(intern!(py, "set_name"))? {
+                            Some(set_name) => drop(set_name.call1((name,))?),
+                            // 3.11/3.12 only warn about a task without it.
+                            None if py.version_info() < (3, 13) => PyErr::warn(
+                                py,
+                                &py.get_type::<pyo3::exceptions::PyDeprecationWarning>(),
+                                c"Task.set_name() was added in Python 3.8, the method support will be mandatory \
+                                  for third-party task implementations since 3.13.",
+                                1,
+                            )?,
+                            None => drop(task.getattr(intern!(py, "set_name"))?),
+                        }
+                    }
+                    return Ok(task.unbind());
+                }
+                None => {}
+            }
+        }
+        let all = PyDict::new(py);
+        if let Some(k) = kwargs {
+            all.update(k.as_mapping())?;
+        }
+        all.set_item(intern!(py, "name"), name)?;
+        all.set_item(intern!(py, "context"), context)?;
+        Ok(slf.call_method(intern!(py, "_create_task_py"), (coro,), Some(&all))?.unbind())
+    }
+
     #[inline]
     pub fn is_debug(&self) -> bool {
         self.debug.load(Ordering::Relaxed)
@@ -1118,7 +1201,6 @@ impl LoopCore {
         Ok(crate::fast_alloc::new_future(py, state)?.into_any().unbind())
     }
 
-
     /// Called when `call_soon` is replaced on this loop (Loop.__setattr__):
     /// from now on native futures call it, as asyncio's futures would.
     fn _route_callbacks_through_call_soon(&self) {
@@ -1202,90 +1284,5 @@ impl LoopCore {
     #[setter(_timer_cancelled_count)]
     fn set_timer_cancelled_count_attr(&self, value: usize) {
         self.cancelled_timers.store(value, Ordering::Relaxed);
-    }
-}
-
-impl LoopCore {
-    /// Schedule a coroutine as a Task.  The common case (native tasks, no
-    /// task factory, not debug mode) is handled here; everything else by
-    /// the Python `_create_task_py`, which passes further keywords
-    /// (eager_start...) on to the Task or the task factory.
-    ///
-    /// `loop.create_task(coro, *, name=None, context=None, **kwargs)`,
-    /// installed by slots.rs as a METH_FASTCALL method: declared through
-    /// pyo3 with `**kwargs`, it would be METH_VARARGS, a tuple and a keyword
-    /// dict per call (TaskGroup passes `name=`).
-    pub fn create_task_impl(
-        slf: &Bound<'_, Self>,
-        coro: Bound<'_, PyAny>,
-        name: Option<Bound<'_, PyAny>>,
-        context: Option<Py<PyAny>>,
-        kwargs: Option<&Bound<'_, PyDict>>,
-    ) -> PyResult<Py<PyAny>> {
-        let py = slf.py();
-        let this = slf.get();
-        this.check_closed()?;
-        let plain_kwargs = kwargs.is_none_or(|k| k.is_empty());
-        if !plain_kwargs && py.version_info() < (3, 13, 3) {
-            // Further keywords reach the Task or the task factory from
-            // CPython 3.13.3 on; before, create_task takes name and context.
-            if let Some(key) = kwargs.and_then(|k| k.keys().iter().next()) {
-                return Err(PyTypeError::new_err(format!(
-                    "create_task() got an unexpected keyword argument '{key}'"
-                )));
-            }
-        }
-        let name = name.filter(|n| !n.is_none());
-        let factory = this.task_factory.borrow_mut(py)?.as_ref().map(|f| f.clone_ref(py).into_bound(py));
-        if plain_kwargs && !this.is_debug() {
-            let native = this.native_futures.load(Ordering::Relaxed);
-            match factory {
-                None if native => {
-                    return Ok(Task::create(py, slf.clone().into_any(), coro, name, context, None)?.into_any());
-                }
-                // A factory's task is named once it is made, as asyncio
-                // names it (so after an eager task's first step).
-                Some(f) => {
-                    let task = if native && Self::is_asyncio_eager_factory(py, &f)? {
-                        // asyncio.eager_task_factory: a native eager task,
-                        // without the factory's Python frame and keyword dicts.
-                        Task::create(py, slf.clone().into_any(), coro, None, context, Some(true))?.into_bound(py).into_any()
-                    } else {
-                        // Any other factory, called as asyncio's create_task calls it.
-                        match context.filter(|c| !c.is_none(py)) {
-                            None => f.call1((slf, coro))?,
-                            Some(c) => {
-                                let kw = PyDict::new(py);
-                                kw.set_item(intern!(py, "context"), c)?;
-                                f.call((slf, coro), Some(&kw))?
-                            }
-                        }
-                    };
-                    if let Some(name) = name {
-                        match task.getattr_opt(intern!(py, "set_name"))? {
-                            Some(set_name) => drop(set_name.call1((name,))?),
-                            // 3.11/3.12 only warn about a task without it.
-                            None if py.version_info() < (3, 13) => PyErr::warn(
-                                py,
-                                &py.get_type::<pyo3::exceptions::PyDeprecationWarning>(),
-                                c"Task.set_name() was added in Python 3.8, the method support will be mandatory \
-                                  for third-party task implementations since 3.13.",
-                                1,
-                            )?,
-                            None => drop(task.getattr(intern!(py, "set_name"))?),
-                        }
-                    }
-                    return Ok(task.unbind());
-                }
-                None => {}
-            }
-        }
-        let all = PyDict::new(py);
-        if let Some(k) = kwargs {
-            all.update(k.as_mapping())?;
-        }
-        all.set_item(intern!(py, "name"), name)?;
-        all.set_item(intern!(py, "context"), context)?;
-        Ok(slf.call_method(intern!(py, "_create_task_py"), (coro,), Some(&all))?.unbind())
     }
 }

@@ -141,7 +141,7 @@ impl Drop for GrownPipe {
 /// asyncio's default write buffer limits (`_FlowControlMixin`).
 const DEFAULT_HIGH_WATER: usize = 64 * 1024;
 
-fn buffered_protocol_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+pub(super) fn buffered_protocol_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
     static TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
     TYPE.import(py, "asyncio.protocols", "BufferedProtocol")
 }

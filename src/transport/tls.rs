@@ -27,6 +27,7 @@ use pyo3::{intern, PyTraverseError, PyVisit};
 use smallvec::SmallVec;
 
 use super::sys::slice_of;
+use super::stream::buffered_protocol_type;
 use crate::gil_cell::GilCell;
 use crate::handles::is_fatal;
 
@@ -126,9 +127,6 @@ fn api(py: Python<'_>) -> PyResult<&Api> {
     API.get_or_try_init(py, || {
         let ssl = py.import("ssl")?;
         let ty = |name: &str| -> PyResult<Py<PyType>> { Ok(ssl.getattr(name)?.cast_into::<PyType>()?.unbind()) };
-        let version: (u8, u8) = py.import("sys")?.getattr("version_info")?.get_item(0)?.extract::<u8>().and_then(|major| {
-            Ok((major, py.import("sys")?.getattr("version_info")?.get_item(1)?.extract::<u8>()?))
-        })?;
         Ok(Api {
             want_read: ty("SSLWantReadError")?,
             syscall_error: ty("SSLSyscallError")?,
@@ -140,7 +138,7 @@ fn api(py: Python<'_>) -> PyResult<&Api> {
             constants: py.import("asyncio.constants")?.unbind(),
             exceptions: py.import("asyncio.exceptions")?.unbind(),
             logger: py.import("asyncio.log")?.getattr("logger")?.unbind(),
-            abort_force_closes: version >= (3, 13),
+            abort_force_closes: py.version_info() >= (3, 13),
         })
     })
 }
@@ -155,6 +153,32 @@ fn is_again(py: Python<'_>, err: &PyErr) -> PyResult<bool> {
 /// KeyboardInterrupt, GeneratorExit or another BaseException).
 fn is_exception(py: Python<'_>, err: &PyErr) -> bool {
     err.is_instance_of::<PyException>(py)
+}
+
+/// What asyncio raises where it calls a method on a field that is None
+/// (the connection was lost meanwhile).
+fn none_has_no(attr: &str) -> PyErr {
+    PyAttributeError::new_err(format!("'NoneType' object has no attribute '{attr}'"))
+}
+
+/// A BufferedProtocol's get_buffer and buffer_updated, as asyncio's
+/// `_set_app_protocol` tells one (None: data goes to data_received).
+fn buffered_methods(protocol: &Bound<'_, PyAny>) -> PyResult<Option<(Py<PyAny>, Py<PyAny>)>> {
+    let py = protocol.py();
+    if !(protocol.hasattr(intern!(py, "get_buffer"))? && protocol.is_instance(buffered_protocol_type(py)?)?) {
+        return Ok(None);
+    }
+    Ok(Some((
+        protocol.getattr(intern!(py, "get_buffer"))?.unbind(),
+        protocol.getattr(intern!(py, "buffer_updated"))?.unbind(),
+    )))
+}
+
+/// A zeroed receive buffer of `size` bytes and the memoryview handed out.
+fn new_buffer(py: Python<'_>, size: usize) -> PyResult<(Py<PyByteArray>, Py<PyAny>)> {
+    let buffer = PyByteArray::new_with(py, size, |_| Ok(()))?;
+    let view = PyMemoryView::from(&buffer)?.into_any().unbind();
+    Ok((buffer.unbind(), view))
 }
 
 #[derive(Default)]
@@ -296,8 +320,12 @@ impl SslProtocol {
 
     /// The transport below, or asyncio's AttributeError on None.
     fn transport_or_error<'py>(slf: &Bound<'py, Self>, attr: &str) -> PyResult<Bound<'py, PyAny>> {
-        Self::field(slf, |st| &st.transport)?
-            .ok_or_else(|| PyAttributeError::new_err(format!("'NoneType' object has no attribute '{attr}'")))
+        Self::field(slf, |st| &st.transport)?.ok_or_else(|| none_has_no(attr))
+    }
+
+    /// The application protocol, or asyncio's AttributeError on None.
+    fn app_protocol_or_error<'py>(slf: &Bound<'py, Self>, attr: &str) -> PyResult<Bound<'py, PyAny>> {
+        Self::field(slf, |st| &st.app_protocol)?.ok_or_else(|| none_has_no(attr))
     }
 
     fn debug(slf: &Bound<'_, Self>) -> PyResult<bool> {
@@ -377,16 +405,7 @@ impl SslProtocol {
 
     fn set_app_protocol_inner(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
-        let buffered = if protocol.hasattr(intern!(py, "get_buffer"))?
-            && protocol.is_instance(&py.import("asyncio.protocols")?.getattr("BufferedProtocol")?)?
-        {
-            Some((
-                protocol.getattr(intern!(py, "get_buffer"))?.unbind(),
-                protocol.getattr(intern!(py, "buffer_updated"))?.unbind(),
-            ))
-        } else {
-            None
-        };
+        let buffered = buffered_methods(protocol)?;
         let old = {
             let mut st = slf.get().st.borrow_mut(py)?;
             (st.app_protocol.replace(protocol.clone().unbind()), std::mem::replace(&mut st.app_buffered, buffered))
@@ -494,19 +513,12 @@ impl SslProtocol {
             init
         };
         if made {
-            let protocol = Self::transport_free_app_protocol(slf)?;
+            let protocol = Self::app_protocol_or_error(slf, "connection_made")?;
             let app_transport = Self::get_app_transport_inner(slf)?;
             protocol.call_method1(intern!(py, "connection_made"), (app_transport,))?;
         }
         Self::wakeup_waiter(slf, None)?;
         Self::do_read(slf)
-    }
-
-    /// The application protocol, or asyncio's AttributeError on None.
-    fn transport_free_app_protocol<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
-        Self::field(slf, |st| &st.app_protocol)?.ok_or_else(|| {
-            PyAttributeError::new_err("'NoneType' object has no attribute 'connection_made'")
-        })
     }
 
     fn get_app_transport_inner<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
@@ -775,10 +787,7 @@ impl SslProtocol {
             } else {
                 PyBytes::new(py, b"").call_method1(intern!(py, "join"), (PyList::new(py, chunks)?,))?
             };
-            let protocol = Self::field(slf, |st| &st.app_protocol)?.ok_or_else(|| {
-                PyAttributeError::new_err("'NoneType' object has no attribute 'data_received'")
-            })?;
-            protocol.call_method1(intern!(py, "data_received"), (data,))?;
+            Self::app_protocol_or_error(slf, "data_received")?.call_method1(intern!(py, "data_received"), (data,))?;
         }
         if eof {
             // close_notify
@@ -799,9 +808,7 @@ impl SslProtocol {
                 st.app_state = AppState::Eof;
                 cloned(py, &st.app_protocol)
             };
-            let protocol = protocol.ok_or_else(|| {
-                PyAttributeError::new_err("'NoneType' object has no attribute 'eof_received'")
-            })?;
+            let protocol = protocol.ok_or_else(|| none_has_no("eof_received"))?;
             let keep_open = protocol.bind(py).call_method0(intern!(py, "eof_received"))?;
             if keep_open.is_truthy()? {
                 Self::log(py, "warning", ("returning true from eof_received() has no effect when using ssl",))?;
@@ -825,7 +832,7 @@ impl SslProtocol {
         let protocol = Self::field(slf, |st| &st.app_protocol)?;
         let outcome = match &protocol {
             Some(p) => p.call_method0(method).map(drop),
-            None => Err(PyAttributeError::new_err(format!("'NoneType' object has no attribute '{method}'"))),
+            None => Err(none_has_no(&method.to_string())),
         };
         match outcome {
             Err(err) if !is_fatal(py, &err) => {
@@ -975,8 +982,7 @@ impl SslProtocol {
         };
         let extra = PyDict::new(py);
         extra.set_item("sslcontext", &sslcontext)?;
-        let buffer = PyByteArray::new(py, &vec![0u8; MAX_SIZE]);
-        let buffer_view = PyMemoryView::from(&buffer)?.into_any();
+        let (buffer, buffer_view) = new_buffer(py, MAX_SIZE)?;
 
         let mut st = TlsState {
             loop_: Some(r#loop.clone().unbind()),
@@ -987,24 +993,14 @@ impl SslProtocol {
             server_hostname,
             handshake_timeout: Some(handshake_timeout),
             shutdown_timeout: Some(shutdown_timeout),
-            buffer: Some(buffer.unbind()),
-            buffer_view: Some(buffer_view.unbind()),
+            buffer: Some(buffer),
+            buffer_view: Some(buffer_view),
             app_state: if call_connection_made.map_or(Ok(true), |c| c.is_truthy())? { AppState::Init } else { AppState::ConMade },
             ..Default::default()
         };
         // _set_app_protocol, without a Python object for self yet.
-        let buffered = if app_protocol.hasattr(intern!(py, "get_buffer"))?
-            && app_protocol.is_instance(&py.import("asyncio.protocols")?.getattr("BufferedProtocol")?)?
-        {
-            Some((
-                app_protocol.getattr(intern!(py, "get_buffer"))?.unbind(),
-                app_protocol.getattr(intern!(py, "buffer_updated"))?.unbind(),
-            ))
-        } else {
-            None
-        };
+        st.app_buffered = buffered_methods(app_protocol)?;
         st.app_protocol = Some(app_protocol.clone().unbind());
-        st.app_buffered = buffered;
 
         let incoming = api.memory_bio.bind(py).call0()?;
         let outgoing = api.memory_bio.bind(py).call0()?;
@@ -1071,9 +1067,7 @@ impl SslProtocol {
             }
         };
         if let Some(protocol) = lost {
-            let protocol = protocol.ok_or_else(|| {
-                PyAttributeError::new_err("'NoneType' object has no attribute 'connection_lost'")
-            })?;
+            let protocol = protocol.ok_or_else(|| none_has_no("connection_lost"))?;
             let callback = protocol.bind(py).getattr(intern!(py, "connection_lost"))?;
             Self::loop_of(slf)?.call_method1(intern!(py, "call_soon"), (callback, exc))?;
         }
@@ -1105,11 +1099,10 @@ impl SslProtocol {
                 return Ok(view);
             }
         }
-        let buffer = PyByteArray::new(py, &vec![0u8; want]);
-        let view = PyMemoryView::from(&buffer)?.into_any().unbind();
+        let (buffer, view) = new_buffer(py, want)?;
         let old = {
             let mut st = slf.get().st.borrow_mut(py)?;
-            (st.buffer.replace(buffer.unbind()), st.buffer_view.replace(view.clone_ref(py)))
+            (st.buffer.replace(buffer), st.buffer_view.replace(view.clone_ref(py)))
         };
         drop(old);
         Ok(view)
