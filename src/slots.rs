@@ -76,7 +76,7 @@ pub fn install(py: Python<'_>) -> PyResult<()> {
         ffi::PyType_Modified(future_type.as_type_ptr());
     }
     install_iter_slots(py)?;
-    install_call_soon(py)?;
+    install_fast_loop_methods(py)?;
     bind_native_methods(&task_type)?;
     unsafe {
         add_finalizer(future_type.as_type_ptr(), &FUTURE_DEALLOC, future_dealloc);
@@ -467,7 +467,7 @@ unsafe extern "C" fn task_traverse(
 // for every call; here a dict is made only for keywords besides name and
 // context (which only task factories and 3.13.3+'s Task take).
 
-fn install_call_soon(py: Python<'_>) -> PyResult<()> {
+fn install_fast_loop_methods(py: Python<'_>) -> PyResult<()> {
     let tp = py.get_type::<LoopCore>().as_type_ptr();
     let methods: [(&'static std::ffi::CStr, ffi::PyCFunctionFastWithKeywords, &'static std::ffi::CStr); 3] = [
         (

@@ -44,9 +44,7 @@ class EventLoopPolicy(_asyncio.DefaultEventLoopPolicy):
         self._native_tls = native_tls
 
     def _loop_factory(self):
-        return Loop(native_futures=self._native_futures, native_tls=self._native_tls)
-
-    def new_event_loop(self):
+        # asyncio's new_event_loop() returns self._loop_factory().
         return Loop(native_futures=self._native_futures, native_tls=self._native_tls)
 
 
