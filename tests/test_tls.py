@@ -112,6 +112,12 @@ async def tls_server(protocol_factory):
     return server, server.sockets[0].getsockname()[1], client_ctx
 
 
+async def tls_connect(port, client_ctx, factory=Recorder, **kwargs):
+    """A TLS connection to the test server: (transport, protocol)."""
+    return await asyncio.get_running_loop().create_connection(
+        factory, '127.0.0.1', port, ssl=client_ctx, server_hostname='localhost', **kwargs)
+
+
 @pytest.mark.parametrize('app', ['Protocol', 'BufferedProtocol'])
 def test_megabytes_echo_through_both_protocol_kinds(loop, app):
     payload = os.urandom(3 * 1024 * 1024 + 11)
@@ -119,8 +125,7 @@ def test_megabytes_echo_through_both_protocol_kinds(loop, app):
     async def main():
         server, port, client_ctx = await tls_server(Echo)
         factory = Recorder if app == 'Protocol' else BufferedRecorder
-        transport, proto = await loop.create_connection(
-            factory, '127.0.0.1', port, ssl=client_ctx, server_hostname='localhost')
+        transport, proto = await tls_connect(port, client_ctx, factory)
         # Many small writes (many records per TCP read), then big ones.
         transport.writelines([payload[i:i + 100] for i in range(0, 100_000, 100)])
         transport.write(payload[100_000:])
@@ -150,8 +155,7 @@ def test_peer_close_sends_data_then_eof_then_lost(loop):
                 closing.append(transport.is_closing())
 
         server, port, client_ctx = await tls_server(SayAndClose)
-        transport, proto = await loop.create_connection(
-            Recorder, '127.0.0.1', port, ssl=client_ctx, server_hostname='localhost')
+        transport, proto = await tls_connect(port, client_ctx)
         assert await proto.lost is None
         assert bytes(proto.data) == b'bye' * 1000
         assert proto.events == ['made', 'data', 'eof', 'lost']
@@ -170,8 +174,7 @@ def test_eof_received_returning_true_is_only_warned_about(loop, caplog):
                 transport.close()
 
         server, port, client_ctx = await tls_server(CloseAtOnce)
-        transport, proto = await loop.create_connection(
-            Recorder, '127.0.0.1', port, ssl=client_ctx, server_hostname='localhost')
+        transport, proto = await tls_connect(port, client_ctx)
         proto.eof_result = True
         assert await proto.lost is None
         assert proto.events == ['made', 'eof', 'lost']
@@ -186,8 +189,7 @@ def test_eof_received_returning_true_is_only_warned_about(loop, caplog):
 def test_writes_after_close_are_dropped_then_warned_about(loop, caplog):
     async def main():
         server, port, client_ctx = await tls_server(Echo)
-        transport, proto = await loop.create_connection(
-            Recorder, '127.0.0.1', port, ssl=client_ctx, server_hostname='localhost')
+        transport, proto = await tls_connect(port, client_ctx)
         transport.close()
         for _ in range(8):
             transport.write(b'late')  # no exception, as asyncio
@@ -205,8 +207,7 @@ def test_abort_loses_the_connection_on_both_ends(loop):
     async def main():
         peers = []
         server, port, client_ctx = await tls_server(lambda: ServerSide(peers))
-        transport, proto = await loop.create_connection(
-            Recorder, '127.0.0.1', port, ssl=client_ctx, server_hostname='localhost')
+        transport, proto = await tls_connect(port, client_ctx)
         transport.write(b'x' * 100_000)
         transport.abort()
         assert transport.is_closing()
@@ -230,8 +231,7 @@ def test_reading_pauses_the_transport_below_and_resumes(loop):
                 transport.write(b'f' * size)
 
         server, port, client_ctx = await tls_server(Flood)
-        transport, proto = await loop.create_connection(
-            Recorder, '127.0.0.1', port, ssl=client_ctx, server_hostname='localhost')
+        transport, proto = await tls_connect(port, client_ctx)
         transport.pause_reading()
         assert not transport.is_reading()
         below = transport._ssl_protocol._transport
@@ -273,8 +273,7 @@ def test_write_flow_control_pauses_and_resumes_the_application(loop):
                 received.extend(data)
 
         server, port, client_ctx = await tls_server(SlowReader)
-        transport, proto = await loop.create_connection(
-            Recorder, '127.0.0.1', port, ssl=client_ctx, server_hostname='localhost')
+        transport, proto = await tls_connect(port, client_ctx)
         transport.set_write_buffer_limits(high=64 * 1024)
         assert transport.get_write_buffer_limits() == (16 * 1024, 64 * 1024)
         chunk = os.urandom(256 * 1024)
@@ -303,8 +302,7 @@ def test_a_corrupted_record_is_a_fatal_ssl_error(loop):
     async def main():
         peers = []
         server, port, client_ctx = await tls_server(lambda: ServerSide(peers))
-        transport, proto = await loop.create_connection(
-            Recorder, '127.0.0.1', port, ssl=client_ctx, server_hostname='localhost')
+        transport, proto = await tls_connect(port, client_ctx)
         transport.write(b'fine')
         while not peers or not peers[0].data:
             await asyncio.sleep(0.01)
@@ -331,8 +329,7 @@ def test_handshake_timeout_aborts_the_connection(loop):
         port = server.sockets[0].getsockname()[1]
         before = open_fds()
         with pytest.raises(ConnectionAbortedError, match=r'SSL handshake is taking longer than 0\.2 seconds'):
-            await loop.create_connection(asyncio.Protocol, '127.0.0.1', port, ssl=client_ctx,
-                                         server_hostname='localhost', ssl_handshake_timeout=0.2)
+            await tls_connect(port, client_ctx, asyncio.Protocol, ssl_handshake_timeout=0.2)
         await asyncio.sleep(0.05)
         assert open_fds() == before
         server.close()
@@ -367,8 +364,7 @@ def test_start_tls_rejects_a_bad_timeout_and_a_non_context(loop):
 def test_transport_and_protocol_pass_asyncio_isinstance_checks(loop):
     async def main():
         server, port, client_ctx = await tls_server(Echo)
-        transport, proto = await loop.create_connection(
-            Recorder, '127.0.0.1', port, ssl=client_ctx, server_hostname='localhost')
+        transport, proto = await tls_connect(port, client_ctx)
         assert isinstance(transport, asyncio.Transport)
         ssl_protocol = transport._ssl_protocol
         assert isinstance(ssl_protocol, sslproto.SSLProtocol)
@@ -418,8 +414,7 @@ def test_an_sslobject_subclass_from_the_context_is_used(loop):
         client_ctx.sslobject_class = CountingSSLObject
         server = await loop.create_server(Echo, '127.0.0.1', 0, ssl=server_ctx)
         port = server.sockets[0].getsockname()[1]
-        transport, proto = await loop.create_connection(
-            Recorder, '127.0.0.1', port, ssl=client_ctx, server_hostname='localhost')
+        transport, proto = await tls_connect(port, client_ctx)
         assert isinstance(transport.get_extra_info('ssl_object'), CountingSSLObject)
         transport.write(b'counted')
         while bytes(proto.data) != b'counted':
@@ -441,8 +436,7 @@ def test_closed_connections_leave_no_protocol_or_fd_behind(loop):
         before = open_fds()
         refs = []
         for _ in range(20):
-            transport, proto = await loop.create_connection(
-                Recorder, '127.0.0.1', port, ssl=client_ctx, server_hostname='localhost')
+            transport, proto = await tls_connect(port, client_ctx)
             refs.append(weakref.ref(transport._ssl_protocol))
             transport.write(b'ping')
             while bytes(proto.data) != b'ping':
@@ -473,8 +467,7 @@ def test_native_tls_switch_selects_the_ssl_protocol_class():
         try:
             async def main():
                 server, port, client_ctx = await tls_server(Echo)
-                transport, proto = await loop.create_connection(
-                    Recorder, '127.0.0.1', port, ssl=client_ctx, server_hostname='localhost')
+                transport, proto = await tls_connect(port, client_ctx)
                 kind = type(transport._ssl_protocol)
                 transport.write(b'both work')
                 while bytes(proto.data) != b'both work':
@@ -502,9 +495,7 @@ def test_shutdown_timeout_force_closes_with_timeout_error(loop):
                 transport.pause_reading()
 
         server, port, client_ctx = await tls_server(lambda: Deaf(peers))
-        transport, proto = await loop.create_connection(
-            Recorder, '127.0.0.1', port, ssl=client_ctx, server_hostname='localhost',
-            ssl_shutdown_timeout=0.3)
+        transport, proto = await tls_connect(port, client_ctx, ssl_shutdown_timeout=0.3)
         while not peers:
             await asyncio.sleep(0.01)
         transport.close()
