@@ -645,11 +645,7 @@ impl Future {
     }
 
     fn __clear__(&self) {
-        if let Some(mut st) = self.st.try_borrow_for_clear() {
-            let old = std::mem::take(&mut *st);
-            drop(st);
-            drop(old);
-        }
+        self.st.replace_for_clear(FutureState::default());
     }
 }
 
@@ -861,10 +857,6 @@ impl FutureIter {
     }
 
     fn __clear__(&self) {
-        if let Some(mut f) = self.future.try_borrow_for_clear() {
-            let old = f.take();
-            drop(f);
-            drop(old);
-        }
+        self.future.replace_for_clear(None);
     }
 }

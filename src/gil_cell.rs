@@ -53,4 +53,15 @@ impl<T> GilCell<T> {
     pub fn try_borrow_for_clear(&self) -> Option<RefMut<'_, T>> {
         self.0.try_borrow_mut().ok()
     }
+
+    /// `__clear__`'s usual work: put `value` in and drop the old contents
+    /// once the borrow has ended (dropping Python objects may run code that
+    /// comes back to this cell).  Nothing happens while a borrow is live.
+    pub fn replace_for_clear(&self, value: T) {
+        if let Some(mut current) = self.try_borrow_for_clear() {
+            let old = std::mem::replace(&mut *current, value);
+            drop(current);
+            drop(old);
+        }
+    }
 }

@@ -1521,11 +1521,9 @@ impl StreamTransport {
     }
 
     fn __clear__(&self) {
-        if let Some(mut st) = self.st.try_borrow_for_clear() {
-            let fd = st.fd;
-            let old = std::mem::replace(&mut *st, StreamState { fd, ..Default::default() });
-            drop(st);
-            drop(old);
+        // Only the fd number stays (`_sock_fd`, repr).
+        if let Some(fd) = self.st.try_peek().map(|st| st.fd) {
+            self.st.replace_for_clear(StreamState { fd, ..Default::default() });
         }
     }
 }

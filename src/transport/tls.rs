@@ -1575,11 +1575,7 @@ impl SslProtocol {
     }
 
     fn __clear__(&self) {
-        if let Some(mut st) = self.st.try_borrow_for_clear() {
-            let old = std::mem::take(&mut *st);
-            drop(st);
-            drop(old);
-        }
+        self.st.replace_for_clear(TlsState::default());
     }
 }
 
