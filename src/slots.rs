@@ -240,7 +240,8 @@ pub fn report_unfinished(object: &Bound<'_, PyAny>) -> PyResult<()> {
 // builds as an instance (~400 ns per await); CPython's own FutureIter
 // returns the value through `am_send`, or sets StopIteration from the bare
 // value, which the interpreter reads back without instantiating anything
-// (3.11).  These slots do the same.
+// (3.11).  These slots do the same, and on 3.12+ (which builds the
+// exception regardless) raise a recycled one (stop_iteration.rs).
 
 /// CPython's Py_TPFLAGS_HAVE_AM_SEND (3.10+; pyo3-ffi leaves it out).
 const PY_TPFLAGS_HAVE_AM_SEND: std::ffi::c_ulong = 1 << 21;
@@ -327,26 +328,13 @@ fn advance(obj: *mut ffi::PyObject) -> PyResult<IterStep> {
     no_unwind("await", || it.get().advance(py))
 }
 
-/// Raise StopIteration(value) the way CPython's generators do: the bare
-/// value when that is unambiguous, an instance otherwise.
-fn set_stop_iteration(py: Python<'_>, value: Py<PyAny>) {
-    let v = value.bind(py);
-    if v.is_instance_of::<pyo3::types::PyTuple>() || v.is_instance_of::<pyo3::exceptions::PyBaseException>() {
-        pyo3::exceptions::PyStopIteration::new_err((value,)).restore(py);
-    } else {
-        // SAFETY: both are live objects; PyErr_SetObject takes new
-        // references of its own.
-        unsafe { ffi::PyErr_SetObject(ffi::PyExc_StopIteration, v.as_ptr()) };
-    }
-}
-
 unsafe extern "C" fn future_iter_next(obj: *mut ffi::PyObject) -> *mut ffi::PyObject {
     // SAFETY (for assume_attached): called by CPython with the GIL held.
     let py = unsafe { Python::assume_attached() };
     match advance(obj) {
         Ok(IterStep::Yield(v)) => v.into_ptr(),
         Ok(IterStep::Return(v)) => {
-            set_stop_iteration(py, v);
+            crate::stop_iteration::raise_stop_iteration(py, v);
             std::ptr::null_mut()
         }
         Err(e) => {

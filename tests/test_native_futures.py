@@ -333,6 +333,70 @@ def test_await_done_future_returns_at_once(loop):
     assert loop.run_until_complete(main()) == (1, 2)
 
 
+class Result:
+    pass
+
+
+def test_awaited_values_come_back_whole_and_are_not_kept(loop):
+    # On 3.12+ a finished await hands its value back in a recycled
+    # StopIteration: any value must come back intact, and the exception must
+    # not keep the last one alive once the awaiting code lets go of it.
+    values = [None, 0, 10**20, "s", (), (1, 2), ((1,),), ValueError("v"),
+              StopIteration(5), Result()]
+
+    async def main():
+        for value in values:
+            fut = loop.create_future()
+            loop.call_soon(fut.set_result, value)
+            assert (await fut) is value
+            done = loop.create_future()
+            done.set_result(value)
+            assert (await done) is value
+        fut = loop.create_future()
+        fut.set_result(Result())
+        result = await fut
+        ref = weakref.ref(result)
+        del result, fut
+        return ref
+
+    values_ref = loop.run_until_complete(main())
+    assert values_ref() is None  # freed the moment the coroutine dropped it
+
+
+def test_stop_iterations_seen_by_python_code_are_its_own(loop):
+    # next() on a finished future's iterator raises a StopIteration that is
+    # the caller's to keep: later awaits do not change it.
+    fut = loop.create_future()
+    fut.set_result((5,))
+    with pytest.raises(StopIteration) as first:
+        next(iter(fut))
+    caught = first.value
+    assert isinstance(caught, StopIteration)
+    assert caught.value == (5,) and caught.args == ((5,),)
+    assert repr(caught) == "StopIteration((5,))"
+
+    async def more():
+        total = 0
+        for i in range(100):
+            f = loop.create_future()
+            f.set_result(i)
+            total += await f
+        return total
+
+    assert loop.run_until_complete(more()) == sum(range(100))
+    assert caught.value == (5,) and caught.args == ((5,),)
+    other = loop.create_future()
+    other.set_result(7)
+    try:
+        raise KeyError("handled")
+    except KeyError:
+        with pytest.raises(StopIteration) as second:
+            next(iter(other))
+    assert second.value is not caught
+    assert second.value.value == 7 and second.value.args == (7,)
+    assert caught.value == (5,)
+
+
 def test_future_iterator_protocol(loop):
     fut = loop.create_future()
     it = fut.__await__()

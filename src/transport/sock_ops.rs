@@ -16,7 +16,7 @@
 
 use std::os::fd::RawFd;
 
-use pyo3::exceptions::{PyRuntimeError, PyStopIteration, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -486,7 +486,7 @@ impl SockOp {
     /// Finish with `value`: the StopIteration that returns it.
     fn finish(&self, py: Python<'_>, value: Py<PyAny>) -> PyErr {
         self.release(py);
-        PyStopIteration::new_err((value,))
+        crate::stop_iteration::stop_iteration_err(py, value)
     }
 
     /// Drop everything but the phase (Finished).
