@@ -1069,6 +1069,23 @@ impl LoopCore {
         Self::set_fd_handler(slf, fd, callback, args, true)
     }
 
+    /// Accept a connection on the listening socket `fd` (watched by a
+    /// reader): `(conn_fd, address)`, the descriptor already non-blocking.
+    /// BlockingIOError when none is waiting; the listener then needs no
+    /// re-arm, its next connection is a new edge.
+    fn _accept_connection_fd(slf: &Bound<'_, Self>, fd: RawFd) -> PyResult<(RawFd, Py<PyAny>)> {
+        let py = slf.py();
+        match crate::transport::accept_connection(py, fd)? {
+            Some(accepted) => Ok(accepted),
+            None => {
+                if let Some(poller) = slf.get().poller.borrow_mut(py)?.as_mut() {
+                    poller.read_drained(fd);
+                }
+                Err(crate::transport::os_error(py, libc::EAGAIN))
+            }
+        }
+    }
+
     fn _remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
         Self::clear_fd_handler(slf, fd, false)
     }

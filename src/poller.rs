@@ -167,6 +167,15 @@ impl Poller {
         }
     }
 
+    /// A reader callback read `fd` until it would block: the edge-triggered
+    /// registration reports the next data by itself, so the fd needs no
+    /// re-arm before the next wait (unless a writer watches it too).
+    pub fn read_drained(&mut self, fd: RawFd) {
+        if self.interests.get(&fd).is_some_and(|want| !want.write) {
+            self.fired.retain(|&f| f != fd);
+        }
+    }
+
     /// Watch `fd` for exactly `want`; an empty interest stops watching it.
     pub fn set_interest(&mut self, fd: RawFd, want: FdInterest) -> io::Result<()> {
         // A level-triggered watch replaces a native transport's (asyncio
@@ -347,6 +356,30 @@ mod tests {
         let mut buf = [0u8; 16];
         assert_eq!(b.read(&mut buf).unwrap(), 5);
         assert!(wait0(&mut p).is_empty());
+    }
+
+    #[test]
+    fn a_drained_reader_skips_the_rearm_and_still_sees_new_data() {
+        let (mut p, _w) = Poller::new().unwrap();
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        b.set_nonblocking(true).unwrap();
+        let fd = b.as_raw_fd();
+        p.set_interest(fd, FdInterest { read: true, write: false }).unwrap();
+        a.write_all(b"one").unwrap();
+        assert_eq!(wait0(&mut p).len(), 1);
+        let mut buf = [0u8; 16];
+        assert_eq!(b.read(&mut buf).unwrap(), 3);
+        assert_eq!(b.read(&mut buf).unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        p.read_drained(fd);
+        assert!(p.fired.is_empty(), "no re-arm for a drained reader");
+        assert!(wait0(&mut p).is_empty());
+        a.write_all(b"two").unwrap();
+        assert_eq!(wait0(&mut p), vec![Ready::Fd { fd, readable: true, writable: false }]);
+        // A watched writer keeps the re-arm (its readiness is level-triggered too).
+        p.set_interest(fd, FdInterest { read: true, write: true }).unwrap();
+        assert_eq!(wait0(&mut p).len(), 1);
+        p.read_drained(fd);
+        assert_eq!(p.fired, vec![fd]);
     }
 
     #[test]

@@ -6,11 +6,13 @@ sock_* methods and DNS.  Every test also passes on stock asyncio
 (FERROLOOP_TEST_TARGET=asyncio).
 """
 import asyncio
+import contextvars
 import os
 import socket
 import ssl
 import sys
 import tempfile
+import warnings
 
 import pytest
 
@@ -196,6 +198,137 @@ def test_keep_alive_is_set_on_accepted_sockets(loop):
         await server.wait_closed()
 
     run(loop, main())
+
+
+def test_a_burst_of_connections_is_accepted_whole(loop):
+    # All connect before the server runs: one readiness report for many
+    # connections, and the listener must report the ones that follow.
+    async def main():
+        server = await loop.create_server(Echo, '127.0.0.1', 0)
+        port = server.sockets[0].getsockname()[1]
+        clients = []
+        for i in range(40):
+            c = socket.create_connection(('127.0.0.1', port))
+            c.setblocking(False)
+            clients.append(c)
+        for i, c in enumerate(clients):
+            await loop.sock_sendall(c, b'%d;' % i)
+        for i, c in enumerate(clients):
+            want = b'%d;' % i
+            got = b''
+            while len(got) < len(want):
+                got += await loop.sock_recv(c, 100)
+            assert got == want
+            c.close()
+        server.close()
+        await server.wait_closed()
+
+    fds = open_fds()
+    run(loop, main())
+    assert open_fds() == fds
+
+
+def test_accepted_connections_are_set_up_as_asyncio_does(loop):
+    var = contextvars.ContextVar('var', default='server')
+
+    async def main():
+        seen = []
+
+        class Probe(asyncio.Protocol):
+            def connection_made(self, transport):
+                self.transport = transport
+                sock = transport.get_extra_info('socket')
+                seen.append((var.get(), sock.gettimeout(), sock.family, sock.type,
+                             sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0,
+                             transport.get_extra_info('peername'),
+                             transport.get_extra_info('sockname')))
+                # Callbacks run in copies of the server's context: this
+                # reaches neither data_received nor the next connection.
+                var.set('connection %d' % len(seen))
+
+            def data_received(self, data):
+                self.transport.write(var.get().encode())
+
+        var.set('create_server')
+        server = await loop.create_server(Probe, '127.0.0.1', 0)
+        port = server.sockets[0].getsockname()[1]
+        var.set('main')
+        replies = []
+        for _ in range(2):
+            reader, writer = await asyncio.open_connection('127.0.0.1', port)
+            writer.write(b'?')
+            replies.append(await reader.read(100))
+            assert (seen[-1][5][:2]) == writer.get_extra_info('sockname')[:2]
+            writer.close()
+        server.close()
+        await server.wait_closed()
+        return seen, replies
+
+    seen, replies = run(loop, main())
+    assert replies == [b'create_server', b'create_server']
+    for ctx_value, timeout, family, type_, nodelay, peer, sockname in seen:
+        assert ctx_value == 'create_server'
+        assert timeout == 0.0  # non-blocking
+        assert family == socket.AF_INET and type_ == socket.SOCK_STREAM
+        assert nodelay
+        assert sockname[0] == '127.0.0.1'
+
+
+def test_a_failing_protocol_factory_drops_only_that_connection(loop):
+    errors = []
+    loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))
+
+    async def main():
+        calls = 0
+
+        def factory():
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise ValueError("no protocol")
+            return Echo()
+
+        server = await loop.create_server(factory, '127.0.0.1', 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection('127.0.0.1', port)
+        # The first connection is dropped (its socket closed when freed).
+        try:
+            assert await reader.read(10) == b''
+        except ConnectionResetError:
+            pass
+        writer.close()
+        reader, writer = await asyncio.open_connection('127.0.0.1', port)
+        assert await echo_once(reader, writer) == b'ping'
+        writer.close()
+        server.close()
+        await server.wait_closed()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', ResourceWarning)  # the dropped socket
+        run(loop, main())
+    # asyncio reports it in debug mode only.
+    assert errors == []
+
+
+def test_unix_server_peername_of_an_unbound_client(loop):
+    async def main(path):
+        peer = loop.create_future()
+
+        class Probe(asyncio.Protocol):
+            def connection_made(self, transport):
+                peer.set_result(transport.get_extra_info('peername'))
+                transport.close()
+
+        server = await loop.create_unix_server(Probe, path)
+        _, writer = await asyncio.open_unix_connection(path)
+        got = await peer
+        writer.close()
+        server.close()
+        await server.wait_closed()
+        return got
+
+    with tempfile.TemporaryDirectory() as d:
+        assert run(loop, main(os.path.join(d, 's'))) == ''
 
 
 @pytest.mark.skipif(sys.version_info < (3, 13), reason="abort_clients is new in 3.13")

@@ -19,6 +19,7 @@ wake-up) are native, in `LoopCore`.  This class adds the cold paths:
   `_add_reader`/`_add_writer`/`call_soon` primitives.
 """
 import collections.abc
+import contextvars
 import errno
 import selectors
 import signal
@@ -28,7 +29,7 @@ import sys
 import threading
 import weakref
 from asyncio import (base_events, constants, coroutines, events, futures, selector_events,
-                     sslproto, tasks, unix_events)
+                     sslproto, tasks, trsock, unix_events)
 from asyncio.log import logger
 
 from . import _ferroloop
@@ -38,6 +39,10 @@ from ._transports import (DatagramTransport, ReadPipeTransport, SocketTransport,
                           WritePipeTransport)
 
 __all__ = ('Loop',)
+
+# Listening sockets whose connections ferroloop accepts itself (the native
+# address conversion knows these families).
+_NATIVE_ACCEPT_FAMILIES = frozenset({socket.AF_INET, socket.AF_INET6, socket.AF_UNIX})
 
 # asyncio.iscoroutine() (create_task, ensure_future) accepts the native
 # sock_* coroutines.
@@ -331,6 +336,62 @@ class Loop(_ferroloop.LoopCore, unix_events.SelectorEventLoop):
             await transp._wait()
             raise
         return transp
+
+    # -- servers ----------------------------------------------------------
+
+    def _accept_connection(self, protocol_factory, sock, sslcontext=None, server=None,
+                           backlog=100, ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
+                           ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT):
+        """asyncio's listener callback, for plain TCP and Unix connections:
+        each is accepted non-blocking in one system call and set up at once,
+        in a copy of the context, instead of in a task per connection.  TLS,
+        debug mode (which logs every connection) and socket subclasses keep
+        asyncio's own way."""
+        if (sslcontext is not None or self._debug or type(sock) is not socket.socket
+                or sock.family not in _NATIVE_ACCEPT_FAMILIES):
+            return super()._accept_connection(
+                protocol_factory, sock, sslcontext, server, backlog,
+                ssl_handshake_timeout, ssl_shutdown_timeout)
+        family, sock_type, proto = sock.family, sock.type | socket.SOCK_NONBLOCK, sock.proto
+        listen_fd = sock.fileno()
+        for _ in range(backlog):
+            try:
+                fd, addr = self._accept_connection_fd(listen_fd)
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return None
+            except OSError as exc:
+                # As asyncio: log, and stop accepting for a while when out
+                # of resources (Linux keeps reporting the listener ready).
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self.call_exception_handler({
+                        'message': 'socket.accept() out of system resource',
+                        'exception': exc,
+                        'socket': trsock.TransportSocket(sock),
+                    })
+                    self._remove_reader(listen_fd)
+                    self.call_later(constants.ACCEPT_RETRY_DELAY, self._start_serving,
+                                    protocol_factory, sock, sslcontext, server, backlog,
+                                    ssl_handshake_timeout, ssl_shutdown_timeout)
+                else:
+                    raise  # the loop logs it and goes on
+            else:
+                # SOCK_NONBLOCK in the type: the socket object starts in
+                # non-blocking mode without another system call.
+                conn = socket.socket(family, sock_type, proto, fileno=fd)
+                contextvars.copy_context().run(self._serve_connection, protocol_factory, conn,
+                                               {'peername': addr}, server)
+
+    def _serve_connection(self, protocol_factory, conn, extra, server):
+        try:
+            protocol = protocol_factory()
+            self._make_socket_transport(conn, protocol, extra=extra, server=server)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException:
+            # asyncio's accept task drops these silently outside debug mode
+            # (which takes asyncio's own path, and reports them); the
+            # socket is closed when it is freed.
+            pass
 
     # -- sock_* methods ---------------------------------------------------
 

@@ -6,12 +6,14 @@ the unclosed-transport warning -- the same code paths as asyncio's
 `_SelectorSocketTransport`, `_UnixReadPipeTransport` and
 `_UnixWritePipeTransport`.
 """
+import _socket
 import errno
 import os
+import socket
 import stat
 import sys
 import warnings
-from asyncio import base_events, constants, futures, transports, trsock
+from asyncio import constants, futures, transports, trsock
 from asyncio.log import logger
 
 from . import _ferroloop
@@ -20,6 +22,18 @@ __all__ = ('SocketTransport', 'ReadPipeTransport', 'WritePipeTransport',
            'DatagramTransport')
 
 _SERVER_ATTACH_TAKES_TRANSPORT = sys.version_info >= (3, 13)
+
+# The C-level family and type of a socket, as plain ints: socket.socket's own
+# properties convert them to enums, a third of asyncio's _set_nodelay().
+_socket_family = _socket.socket.family.__get__
+_socket_type = _socket.socket.type.__get__
+
+
+def _set_nodelay(sock):
+    """asyncio's base_events._set_nodelay: TCP_NODELAY on a TCP socket."""
+    if (sock.proto == socket.IPPROTO_TCP and _socket_type(sock) == socket.SOCK_STREAM
+            and _socket_family(sock) in (socket.AF_INET, socket.AF_INET6)):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class _SocketTransportFacade(transports._FlowControlMixin, transports.Transport):
@@ -158,7 +172,7 @@ class SocketTransport(_SelectorTransport):
                 server._attach()
         loop._transports[sock.fileno()] = self
         # Disable Nagle: small writes go out without waiting for an ACK.
-        base_events._set_nodelay(sock)
+        _set_nodelay(sock)
         loop.call_soon(protocol.connection_made, self)
         # Only start reading once connection_made() has run.
         loop.call_soon(self._start_reading)

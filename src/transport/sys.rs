@@ -3,7 +3,7 @@
 
 use std::marker::PhantomData;
 use std::mem::MaybeUninit;
-use std::os::fd::RawFd;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -169,6 +169,27 @@ pub fn send_to(fd: RawFd, data: &[u8], to: Option<&SockAddr>) -> Io {
 pub fn is_would_block(py: Python<'_>, err: &PyErr) -> bool {
     err.is_instance_of::<pyo3::exceptions::PyBlockingIOError>(py)
         || err.is_instance_of::<pyo3::exceptions::PyInterruptedError>(py)
+}
+
+/// `accept4` a connection, non-blocking and close-on-exec from the start
+/// (one system call where `socket.accept()` + `setblocking(False)` make
+/// two).  Err is the errno.
+pub fn accept_nonblocking(fd: RawFd) -> Result<(OwnedFd, SockAddr), i32> {
+    let mut addr = SockAddr::empty();
+    let (ptr, len) = addr.as_mut_parts();
+    loop {
+        // SAFETY: `ptr`/`len` describe `addr`'s storage, which accept4 fills
+        // in (and truncates to); a bad fd is an errno.
+        let conn = unsafe { libc::accept4(fd, ptr, len, libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) };
+        if conn >= 0 {
+            // SAFETY: accept4 returned a new descriptor that nothing else owns.
+            return Ok((unsafe { OwnedFd::from_raw_fd(conn) }, addr));
+        }
+        match errno() {
+            libc::EINTR => continue, // as the socket module retries (PEP 475)
+            e => return Err(e),
+        }
+    }
 }
 
 /// A socket's address family (`SO_DOMAIN`), AF_UNSPEC if it cannot be had.
