@@ -397,6 +397,37 @@ def test_stop_iterations_seen_by_python_code_are_its_own(loop):
     assert caught.value == (5,)
 
 
+@pytest.mark.skipif(not PY312, reason="sys.monitoring is new in 3.12")
+def test_stop_iterations_kept_by_a_monitoring_tool_stay_intact(loop):
+    # Coverage and debuggers on 3.12+ see each await's StopIteration through
+    # sys.monitoring and may keep it: it must never be reused under them.
+    mon = sys.monitoring
+    tool = next(t for t in range(6) if mon.get_tool(t) is None)
+    mon.use_tool_id(tool, "ferroloop-test")
+    kept = []
+    try:
+        mon.register_callback(tool, mon.events.RAISE, lambda code, offset, exc: kept.append(exc))
+        mon.set_events(tool, mon.events.RAISE)
+
+        async def main():
+            total = 0
+            for i in range(100):
+                fut = loop.create_future()
+                loop.call_soon(fut.set_result, i)
+                total += await fut
+            return total
+
+        assert loop.run_until_complete(main()) == sum(range(100))
+    finally:
+        mon.set_events(tool, 0)
+        mon.register_callback(tool, mon.events.RAISE, None)
+        mon.free_tool_id(tool)
+    stops = [e for e in kept if isinstance(e, StopIteration)][:100]
+    assert [e.value for e in stops] == list(range(100))
+    assert [e.args for e in stops] == [(i,) for i in range(100)]
+    assert len({id(e) for e in stops}) == 100
+
+
 def test_future_iterator_protocol(loop):
     fut = loop.create_future()
     it = fut.__await__()
