@@ -121,8 +121,7 @@ fn raise_recycled(py: Python<'_>, recycled: &Recycled, value: Py<PyAny>) {
     let raw = exc.as_ptr();
     // SAFETY: `raw` is an instance of the recycled subclass (only such
     // instances become the spare), so it has StopIteration's layout; only
-    // this code holds it (checked above) and the deallocator left its value
-    // NULL.  The args tuple is filled in place only while the exception is
+    // this code holds it (checked above).  The args tuple is filled in place only while the exception is
     // its sole owner, as CPython reuses tuples nobody else can see.
     unsafe {
         let e = raw as *mut ffi::PyStopIterationObject;
@@ -144,7 +143,7 @@ fn raise_recycled(py: Python<'_>, recycled: &Recycled, value: Py<PyAny>) {
             (*e).args = fresh;
             args
         };
-        (*e).value = value.into_ptr();
+        let old_value = std::mem::replace(&mut (*e).value, value.into_ptr()); // NULL (see recycle_dealloc)
         // Already normalised (type is exactly the instance's), so CPython
         // raises this very object; both references are handed over.
         // (PyErr_SetRaisedException is 3.12+ only, and this file is built
@@ -154,6 +153,7 @@ fn raise_recycled(py: Python<'_>, recycled: &Recycled, value: Py<PyAny>) {
         // The old args item (None, or a tuple's previous value) goes last:
         // dropping it may run code.
         ffi::Py_XDECREF(old);
+        ffi::Py_XDECREF(old_value);
     }
 }
 
