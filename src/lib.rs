@@ -41,7 +41,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     transport::adapt_malloc_thresholds();
     native_types::init(m.py());
     slots::install(m.py())?;
-    stop_iteration::install(m.py())?;
+    stop_iteration::install(m.py());
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

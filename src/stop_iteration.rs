@@ -5,96 +5,99 @@
 //! `am_send` instead, and `PyErr_SetObject` stores a bare value without
 //! building an exception, so this costs nothing there.  From 3.12 SEND calls
 //! `tp_iternext` and every raised exception is normalised: each finished
-//! `await fut` allocated an args tuple and a GC-tracked exception, which
+//! `await fut` allocated a GC-tracked exception, which
 //! `_PyGen_FetchStopIterationValue` read the value from and freed at once
 //! (about 70 of the 490 ns of a future handoff on 3.12).
 //!
-//! On 3.12+ one exception object is recycled instead, as CPython's free lists
-//! recycle objects.  It is an instance of a private subclass of
-//! StopIteration whose deallocator keeps it as the spare (value and args
-//! released first, so no result lives longer than it would under asyncio)
-//! rather than freeing it.  An instance Python code has touched (it carries a
-//! traceback, context, cause, notes or attribute dict) is freed normally.
-//! The subclass is named `builtins.StopIteration`, so `except StopIteration`,
-//! repr and tracebacks read as asyncio's do; `type(exc) is StopIteration` is
-//! the one thing that tells them apart, and an `except` block around `next()`
-//! does not become the exception's `__context__`.
+//! On 3.12+ one StopIteration object is recycled instead, as CPython's free
+//! lists recycle objects.  It is a plain StopIteration (so `type(e) is
+//! StopIteration`, which debuggers' bdb checks, pickling and repr are
+//! CPython's own).  StopIteration's deallocator is wrapped: when that one
+//! object's last reference goes and Python code never touched it (no
+//! traceback, context, cause, notes or attribute dict), it is kept as the
+//! spare -- untracked by the GC, its value and args released at once, so no
+//! result lives longer than under asyncio -- instead of being freed.  Every
+//! other StopIteration is freed by CPython's deallocator as before (one
+//! pointer comparison more).  While the spare is in use elsewhere (kept by
+//! a sys.monitoring tool, say), raises build exceptions the ordinary way.
+//! The recycled one carries no `__context__` from an enclosing `except`
+//! block (nothing sees it: SEND drops it at once).
 
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::sync::OnceLock;
 
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple, PyType};
+use pyo3::types::PyTuple;
 
-use crate::gil_cell::GilCell;
+/// StopIteration's own deallocator (set on 3.12+ only; on 3.11
+/// `raise_stop_iteration` keeps the bare-value path).
+static BASE_DEALLOC: OnceLock<ffi::destructor> = OnceLock::new();
 
-struct Recycled {
-    /// The private StopIteration subclass.
-    ty: Py<PyType>,
-    /// StopIteration's own deallocator, for instances that are not kept.
-    base_dealloc: Option<ffi::destructor>,
-}
+/// The one recycled StopIteration, or null until the next raise picks one.
+/// Only touched with the GIL held; atomics only to be a `static`.
+static RECYCLED: AtomicPtr<ffi::PyObject> = AtomicPtr::new(std::ptr::null_mut());
 
-/// Set on 3.12+ only; on 3.11 `raise_stop_iteration` keeps the bare-value path.
-static RECYCLED: OnceLock<Recycled> = OnceLock::new();
+/// RECYCLED is the idle spare: alive, untracked, holding only this
+/// reference, value NULL and args ().
+static SPARE_IDLE: AtomicBool = AtomicBool::new(false);
 
-/// The instance waiting to be raised again (reference count 1: this one).
-static SPARE: GilCell<Option<Py<PyAny>>> = GilCell::new(None);
-
-/// Create the recycled type (3.12+).  Runs once, at module initialisation.
-pub fn install(py: Python<'_>) -> PyResult<()> {
-    if py.version_info() < (3, 12) || RECYCLED.get().is_some() {
-        return Ok(());
+/// Wrap StopIteration's deallocator (3.12+).  Runs once, at module
+/// initialisation.
+pub fn install(py: Python<'_>) {
+    if py.version_info() < (3, 12) || BASE_DEALLOC.get().is_some() {
+        return;
     }
-    let namespace = PyDict::new(py);
-    // No __weakref__ slot: StopIteration has none, and without one the
-    // subclass adds nothing its base deallocator does not release.
-    namespace.set_item("__slots__", PyTuple::empty(py))?;
-    // SAFETY: the name is a NUL-terminated literal, the base a live
-    // exception class and the namespace a live dict; a new reference (a
-    // heap type) or NULL with an exception set comes back.
-    let ty = unsafe {
-        let raw = ffi::PyErr_NewException(c"builtins.StopIteration".as_ptr(), ffi::PyExc_StopIteration, namespace.as_ptr());
-        Bound::from_owned_ptr_or_err(py, raw)?.cast_into::<PyType>()?
-    };
-    // SAFETY: `ty` is the live heap type just created, of which no instance
-    // exists yet; StopIteration is a static type whose tp_dealloc never
-    // changes.  Replacing a heap type's slot is what the type machinery
-    // itself does (PyType_Modified drops cached lookups).
-    let base_dealloc = unsafe {
-        let tp = ty.as_type_ptr();
-        (*tp).tp_dealloc = Some(recycle_dealloc);
-        ffi::PyType_Modified(tp);
-        (*(ffi::PyExc_StopIteration as *mut ffi::PyTypeObject)).tp_dealloc
-    };
-    let _ = RECYCLED.set(Recycled { ty: ty.unbind(), base_dealloc });
-    Ok(())
+    // SAFETY: PyExc_StopIteration is CPython's static exception type, live
+    // for the whole process; its tp_dealloc is a plain function pointer that
+    // CPython reads at each deallocation (subclasses made by `class` look it
+    // up through their base at that time).  The GIL is held, and the
+    // wrapper calls the saved original for every object but ours.
+    unsafe {
+        let tp = ffi::PyExc_StopIteration.cast::<ffi::PyTypeObject>();
+        if let Some(base) = (*tp).tp_dealloc {
+            let _ = BASE_DEALLOC.set(base);
+            (*tp).tp_dealloc = Some(stop_iteration_dealloc);
+        }
+    }
 }
 
 /// Raise StopIteration(value), as CPython's own future iterator does.
 pub fn raise_stop_iteration(py: Python<'_>, value: Py<PyAny>) {
-    match RECYCLED.get() {
-        Some(recycled) => raise_recycled(py, recycled, value),
-        None => raise_plain(py, value),
+    if BASE_DEALLOC.get().is_none() || !raise_recycled(py, &value) {
+        raise_ordinary(py, value);
     }
 }
 
 /// The same as a `PyErr`, for pyo3 methods that end an iteration.
 pub fn stop_iteration_err(py: Python<'_>, value: Py<PyAny>) -> PyErr {
-    match RECYCLED.get() {
-        Some(recycled) => {
-            raise_recycled(py, recycled, value);
-            PyErr::take(py).unwrap_or_else(|| pyo3::exceptions::PyStopIteration::new_err(()))
-        }
-        None => pyo3::exceptions::PyStopIteration::new_err((value,)),
+    if BASE_DEALLOC.get().is_none() {
+        return pyo3::exceptions::PyStopIteration::new_err((value,));
     }
+    raise_stop_iteration(py, value);
+    PyErr::take(py).unwrap_or_else(|| pyo3::exceptions::PyStopIteration::new_err(()))
 }
 
-/// 3.11: the bare value when that is unambiguous (no exception is built),
-/// an instance otherwise.
-fn raise_plain(py: Python<'_>, value: Py<PyAny>) {
+/// CPython's `_PyGen_SetStopIterationValue`: the bare value when that is
+/// unambiguous (3.11 keeps it unnormalised; 3.12+ builds StopIteration(value),
+/// or StopIteration() for None), an instance otherwise.  On 3.12+ the
+/// instance built becomes the recycled one when there is none.
+fn raise_ordinary(py: Python<'_>, value: Py<PyAny>) {
     let v = value.bind(py);
-    if v.is_instance_of::<PyTuple>() || v.is_instance_of::<pyo3::exceptions::PyBaseException>() {
+    if BASE_DEALLOC.get().is_some() && RECYCLED.load(Ordering::Relaxed).is_null() {
+        let built = if v.is_none() {
+            py.get_type::<pyo3::exceptions::PyStopIteration>().call0()
+        } else {
+            py.get_type::<pyo3::exceptions::PyStopIteration>().call1((v,))
+        };
+        match built {
+            Ok(exc) => {
+                RECYCLED.store(exc.as_ptr(), Ordering::Relaxed);
+                PyErr::from_value(exc).restore(py);
+            }
+            Err(e) => e.restore(py),
+        }
+    } else if v.is_instance_of::<PyTuple>() || v.is_instance_of::<pyo3::exceptions::PyBaseException>() {
         pyo3::exceptions::PyStopIteration::new_err((value,)).restore(py);
     } else {
         // SAFETY: both are live objects; PyErr_SetObject takes new
@@ -103,125 +106,104 @@ fn raise_plain(py: Python<'_>, value: Py<PyAny>) {
     }
 }
 
-fn raise_recycled(py: Python<'_>, recycled: &Recycled, value: Py<PyAny>) {
-    let spare = SPARE.borrow_mut(py).ok().and_then(|mut spare| spare.take());
-    // SAFETY (refcount read): a live object.  Anyone else holding it (found
-    // through gc.get_objects()) makes it theirs: a new one is built instead.
-    let exc = match spare {
-        Some(exc) if unsafe { ffi::Py_REFCNT(exc.as_ptr()) } == 1 => exc,
-        _ => {
-            // The ordinary way: StopIteration's __init__ sets args and value.
-            match recycled.ty.bind(py).call1((value,)) {
-                Ok(exc) => PyErr::from_value(exc).restore(py),
-                Err(e) => e.restore(py),
-            }
-            return;
-        }
-    };
-    let raw = exc.as_ptr();
-    // SAFETY: `raw` is an instance of the recycled subclass (only such
-    // instances become the spare), so it has StopIteration's layout; only
-    // this code holds it (checked above).  The args tuple is filled in place only while the exception is
-    // its sole owner, as CPython reuses tuples nobody else can see.
+/// Raise `value` in the idle spare; false (nothing raised) if there is none.
+fn raise_recycled(py: Python<'_>, value: &Py<PyAny>) -> bool {
+    let exc = RECYCLED.load(Ordering::Relaxed);
+    if exc.is_null() || !SPARE_IDLE.load(Ordering::Relaxed) {
+        return false;
+    }
+    // SAFETY: an idle spare is a live exact StopIteration whose only
+    // reference is this module's (see SPARE_IDLE), untracked, with value
+    // NULL and args the immortal (); so its fields are ours to set, and
+    // that reference is handed to the error indicator below.
     unsafe {
-        let e = raw as *mut ffi::PyStopIterationObject;
-        let args = (*e).args;
-        let old = if !args.is_null()
-            && ffi::PyTuple_CheckExact(args) != 0
-            && ffi::PyTuple_GET_SIZE(args) == 1
-            && ffi::Py_REFCNT(args) == 1
-        {
-            let old = ffi::PyTuple_GET_ITEM(args, 0);
-            ffi::PyTuple_SET_ITEM(args, 0, value.clone_ref(py).into_ptr());
-            old
+        let args = if value.is_none(py) {
+            ffi::PyTuple_New(0) // StopIteration(): args (), value None
         } else {
-            let fresh = ffi::PyTuple_New(1);
-            if fresh.is_null() {
-                return; // MemoryError is set
+            let args = ffi::PyTuple_New(1);
+            if !args.is_null() {
+                ffi::PyTuple_SET_ITEM(args, 0, value.clone_ref(py).into_ptr());
             }
-            ffi::PyTuple_SET_ITEM(fresh, 0, value.clone_ref(py).into_ptr());
-            (*e).args = fresh;
             args
         };
-        let old_value = std::mem::replace(&mut (*e).value, value.into_ptr()); // NULL (see recycle_dealloc)
-        // Already normalised (type is exactly the instance's), so CPython
-        // raises this very object; both references are handed over.
-        // (PyErr_SetRaisedException is 3.12+ only, and this file is built
-        // for 3.11 too.)
+        if args.is_null() {
+            ffi::PyErr_Clear();
+            return false;
+        }
+        SPARE_IDLE.store(false, Ordering::Relaxed);
+        let e = exc.cast::<ffi::PyStopIterationObject>();
+        let old_args = std::mem::replace(&mut (*e).args, args);
+        let old_value = std::mem::replace(&mut (*e).value, value.clone_ref(py).into_ptr());
+        ffi::PyObject_GC_Track(exc.cast());
+        // Already normalised (the type is exactly the instance's), so CPython
+        // raises this very object.  (PyErr_SetRaisedException is 3.12+ only,
+        // and this file is built for 3.11 too.)
         #[allow(deprecated)]
-        ffi::PyErr_Restore(recycled.ty.clone_ref(py).into_ptr().cast(), exc.into_ptr(), std::ptr::null_mut());
-        // The old args item (None, or a tuple's previous value) goes last:
-        // dropping it may run code.
-        ffi::Py_XDECREF(old);
-        ffi::Py_XDECREF(old_value);
+        ffi::PyErr_Restore(ffi::Py_NewRef(ffi::PyExc_StopIteration), exc, std::ptr::null_mut());
+        ffi::Py_XDECREF(old_args); // () : nothing runs
+        ffi::Py_XDECREF(old_value); // NULL
+    }
+    true
+}
+
+/// StopIteration's deallocator on 3.12+: the recycled object, untouched,
+/// becomes the idle spare; everything else goes to CPython's.
+unsafe extern "C" fn stop_iteration_dealloc(obj: *mut ffi::PyObject) {
+    // SAFETY: CPython calls tp_dealloc with the GIL held, for a
+    // StopIteration (or subclass, through subtype_dealloc) whose reference
+    // count reached zero; BASE_DEALLOC is set before this is installed.
+    unsafe {
+        if obj == RECYCLED.load(Ordering::Relaxed) {
+            if keep_as_spare(obj) {
+                return;
+            }
+            // Python code touched it: freed, and the next raise picks anew.
+            RECYCLED.store(std::ptr::null_mut(), Ordering::Relaxed);
+        }
+        if let Some(base) = BASE_DEALLOC.get() {
+            base(obj);
+        }
     }
 }
 
-/// The recycled type's deallocator: keep an untouched instance as the spare,
-/// free any other as StopIteration's deallocator would.
-unsafe extern "C" fn recycle_dealloc(obj: *mut ffi::PyObject) {
-    // SAFETY: CPython calls tp_dealloc with the GIL held, for an instance of
-    // the recycled type whose reference count reached zero; RECYCLED is set
-    // before such an instance can exist.
+/// Revive the recycled object as the idle spare if nothing but its value
+/// and args was ever set on it.
+///
+/// # Safety
+/// `obj` is the recycled StopIteration, being deallocated (GIL held).
+unsafe fn keep_as_spare(obj: *mut ffi::PyObject) -> bool {
+    // SAFETY: see the contract.  Only the first byte of `suppress_context`
+    // is read: it is a C `char` (pyo3-ffi declares a Rust char).  A
+    // collection's tp_clear leaves args NULL: such an object is freed.
     unsafe {
-        let py = Python::assume_attached();
-        let Some(recycled) = RECYCLED.get() else { return };
-        let e = obj as *mut ffi::PyStopIterationObject;
-        let base = &*e;
-        // A collection's tp_clear leaves args NULL: such an instance is freed.
-        let untouched = !base.args.is_null()
-            && base.dict.is_null()
-            && base.notes.is_null()
-            && base.traceback.is_null()
-            && base.context.is_null()
-            && base.cause.is_null()
-            // A C `char` (pyo3-ffi declares it a Rust char): its first byte.
-            && *std::ptr::addr_of!(base.suppress_context).cast::<u8>() == 0;
-        if untouched {
-            if let Ok(mut spare) = SPARE.borrow_mut(py) {
-                if spare.is_none() {
-                    // 0 -> 1: the spare's reference revives it as an
-                    // ordinary live object (still tracked by the GC, which
-                    // sees its args tuple through StopIteration's traverse).
-                    ffi::Py_IncRef(obj);
-                    let value = std::mem::replace(&mut (*e).value, std::ptr::null_mut());
-                    let args = (*e).args;
-                    let released = if ffi::PyTuple_CheckExact(args) != 0
-                        && ffi::PyTuple_GET_SIZE(args) == 1
-                        && ffi::Py_REFCNT(args) == 1
-                    {
-                        // Kept for the next raise, holding None meanwhile.
-                        let item = ffi::PyTuple_GET_ITEM(args, 0);
-                        ffi::PyTuple_SET_ITEM(args, 0, ffi::Py_NewRef(ffi::Py_None()));
-                        item
-                    } else {
-                        // Shared or odd-sized: let it go (never NULL: str()
-                        // of the spare, found through the GC, reads args).
-                        (*e).args = ffi::PyTuple_New(0);
-                        if (*e).args.is_null() {
-                            // () is a singleton: this does not happen.
-                            (*e).args = args;
-                            std::ptr::null_mut()
-                        } else {
-                            args
-                        }
-                    };
-                    *spare = Some(Bound::from_owned_ptr(py, obj).unbind());
-                    drop(spare);
-                    // Releasing the result may run code (a __del__ that
-                    // awaits again finds the spare ready).
-                    ffi::Py_XDECREF(value);
-                    ffi::Py_XDECREF(released);
-                    return;
-                }
-            }
+        let e = obj.cast::<ffi::PyStopIterationObject>();
+        let untouched = (*e).ob_base.ob_type == ffi::PyExc_StopIteration.cast()
+            && !(*e).args.is_null()
+            && (*e).dict.is_null()
+            && (*e).notes.is_null()
+            && (*e).traceback.is_null()
+            && (*e).context.is_null()
+            && (*e).cause.is_null()
+            && *std::ptr::addr_of!((*e).suppress_context).cast::<u8>() == 0;
+        if !untouched || SPARE_IDLE.load(Ordering::Relaxed) {
+            return false;
         }
-        // A heap type's instance holds a reference to its type, which
-        // CPython's subtype_dealloc would drop after the base deallocator.
-        let tp = ffi::Py_TYPE(obj);
-        if let Some(dealloc) = recycled.base_dealloc {
-            dealloc(obj);
+        let empty = ffi::PyTuple_New(0); // the immortal (): cannot fail
+        if empty.is_null() {
+            return false;
         }
-        ffi::Py_DECREF(tp.cast());
+        // 0 -> 1: the module's reference revives it.  Off the GC's lists
+        // while idle (a collection running now must not clear it, and
+        // gc.get_objects() does not hand it out).
+        ffi::Py_IncRef(obj);
+        ffi::PyObject_GC_UnTrack(obj.cast());
+        let value = std::mem::replace(&mut (*e).value, std::ptr::null_mut());
+        let args = std::mem::replace(&mut (*e).args, empty);
+        SPARE_IDLE.store(true, Ordering::Relaxed);
+        // Releasing the result may run code (a __del__ that awaits again
+        // finds the spare ready).
+        ffi::Py_XDECREF(value);
+        ffi::Py_XDECREF(args);
+        true
     }
 }

@@ -10,6 +10,7 @@ import asyncio
 import contextvars
 import gc
 import io
+import pickle
 import sys
 import types
 import weakref
@@ -371,9 +372,17 @@ def test_stop_iterations_seen_by_python_code_are_its_own(loop):
     with pytest.raises(StopIteration) as first:
         next(iter(fut))
     caught = first.value
-    assert isinstance(caught, StopIteration)
+    # Exactly StopIteration: debuggers (bdb) skip an await's StopIteration
+    # by `type is StopIteration`, and pickle looks the class up by name.
+    assert type(caught) is StopIteration
     assert caught.value == (5,) and caught.args == ((5,),)
     assert repr(caught) == "StopIteration((5,))"
+    assert pickle.loads(pickle.dumps(caught)).args == ((5,),)
+    none = loop.create_future()
+    none.set_result(None)
+    with pytest.raises(StopIteration) as info:
+        next(iter(none))
+    assert info.value.args == () and info.value.value is None  # StopIteration()
 
     async def more():
         total = 0

@@ -345,10 +345,11 @@ class Loop(_ferroloop.LoopCore, unix_events.SelectorEventLoop):
         """asyncio's listener callback, for plain TCP and Unix connections:
         each is accepted non-blocking in one system call and set up at once,
         in a copy of the context, instead of in a task per connection.  TLS,
-        debug mode (which logs every connection) and socket subclasses keep
-        asyncio's own way."""
-        if (sslcontext is not None or self._debug or type(sock) is not socket.socket
-                or sock.family not in _NATIVE_ACCEPT_FAMILIES):
+        debug mode (which logs every connection), a task factory (which may
+        want to see those tasks) and socket subclasses keep asyncio's own
+        way."""
+        if (sslcontext is not None or self._debug or self._task_factory is not None
+                or type(sock) is not socket.socket or sock.family not in _NATIVE_ACCEPT_FAMILIES):
             return super()._accept_connection(
                 protocol_factory, sock, sslcontext, server, backlog,
                 ssl_handshake_timeout, ssl_shutdown_timeout)
@@ -380,6 +381,8 @@ class Loop(_ferroloop.LoopCore, unix_events.SelectorEventLoop):
                 conn = socket.socket(family, sock_type, proto, fileno=fd)
                 contextvars.copy_context().run(self._serve_connection, protocol_factory, conn,
                                                {'peername': addr}, server)
+                if sock.fileno() != listen_fd:
+                    return None  # the protocol factory closed the server
 
     def _serve_connection(self, protocol_factory, conn, extra, server):
         try:
