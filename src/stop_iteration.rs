@@ -42,6 +42,11 @@ static RECYCLED: AtomicPtr<ffi::PyObject> = AtomicPtr::new(std::ptr::null_mut())
 /// reference, value NULL and args ().
 static SPARE_IDLE: AtomicBool = AtomicBool::new(false);
 
+/// A 1-tuple for the next raise's args, owned here alone, untracked and
+/// holding None (the recycled object's last args, when nobody else kept
+/// them), or null.
+static SPARE_ARGS: AtomicPtr<ffi::PyObject> = AtomicPtr::new(std::ptr::null_mut());
+
 /// Wrap StopIteration's deallocator (3.12+).  Runs once, at module
 /// initialisation.
 pub fn install(py: Python<'_>) {
@@ -117,14 +122,25 @@ fn raise_recycled(py: Python<'_>, value: &Py<PyAny>) -> bool {
     // NULL and args the immortal (); so its fields are ours to set, and
     // that reference is handed to the error indicator below.
     unsafe {
+        let mut old_item = std::ptr::null_mut();
         let args = if value.is_none(py) {
             ffi::PyTuple_New(0) // StopIteration(): args (), value None
         } else {
-            let args = ffi::PyTuple_New(1);
-            if !args.is_null() {
-                ffi::PyTuple_SET_ITEM(args, 0, value.clone_ref(py).into_ptr());
+            let spare_args = SPARE_ARGS.swap(std::ptr::null_mut(), Ordering::Relaxed);
+            if spare_args.is_null() {
+                let args = ffi::PyTuple_New(1);
+                if !args.is_null() {
+                    ffi::PyTuple_SET_ITEM(args, 0, value.clone_ref(py).into_ptr());
+                }
+                args
+            } else {
+                // Ours alone (see SPARE_ARGS): filled, and back on the GC's
+                // list as any new tuple is.
+                old_item = ffi::PyTuple_GET_ITEM(spare_args, 0);
+                ffi::PyTuple_SET_ITEM(spare_args, 0, value.clone_ref(py).into_ptr());
+                track(spare_args);
+                spare_args
             }
-            args
         };
         if args.is_null() {
             ffi::PyErr_Clear();
@@ -134,7 +150,7 @@ fn raise_recycled(py: Python<'_>, value: &Py<PyAny>) -> bool {
         let e = exc.cast::<ffi::PyStopIterationObject>();
         let old_args = std::mem::replace(&mut (*e).args, args);
         let old_value = std::mem::replace(&mut (*e).value, value.clone_ref(py).into_ptr());
-        ffi::PyObject_GC_Track(exc.cast());
+        track(exc);
         // Already normalised (the type is exactly the instance's), so CPython
         // raises this very object.  (PyErr_SetRaisedException is 3.12+ only,
         // and this file is built for 3.11 too.)
@@ -142,8 +158,23 @@ fn raise_recycled(py: Python<'_>, value: &Py<PyAny>) -> bool {
         ffi::PyErr_Restore(ffi::Py_NewRef(ffi::PyExc_StopIteration), exc, std::ptr::null_mut());
         ffi::Py_XDECREF(old_args); // () : nothing runs
         ffi::Py_XDECREF(old_value); // NULL
+        ffi::Py_XDECREF(old_item); // None
     }
     true
+}
+
+/// Put `obj` (a GC type's instance, untracked by this module) back on the
+/// collector's list.  (PyObject_GC_Track on a tracked object is fatal.)
+///
+/// # Safety
+/// `obj` is a live object of a GC type; the GIL is held.
+unsafe fn track(obj: *mut ffi::PyObject) {
+    // SAFETY: see the contract.
+    unsafe {
+        if ffi::PyObject_GC_IsTracked(obj) == 0 {
+            ffi::PyObject_GC_Track(obj.cast());
+        }
+    }
 }
 
 /// StopIteration's deallocator on 3.12+: the recycled object, untouched,
@@ -198,11 +229,26 @@ unsafe fn keep_as_spare(obj: *mut ffi::PyObject) -> bool {
         ffi::Py_IncRef(obj);
         ffi::PyObject_GC_UnTrack(obj.cast());
         let value = std::mem::replace(&mut (*e).value, std::ptr::null_mut());
-        let args = std::mem::replace(&mut (*e).args, empty);
+        let mut args = std::mem::replace(&mut (*e).args, empty);
+        // A 1-tuple nobody else holds is kept for the next raise (untracked,
+        // holding None); the result it held is released below.
+        let mut item = std::ptr::null_mut();
+        if ffi::PyTuple_CheckExact(args) != 0
+            && ffi::PyTuple_GET_SIZE(args) == 1
+            && ffi::Py_REFCNT(args) == 1
+            && SPARE_ARGS.load(Ordering::Relaxed).is_null()
+        {
+            item = ffi::PyTuple_GET_ITEM(args, 0);
+            ffi::PyTuple_SET_ITEM(args, 0, ffi::Py_NewRef(ffi::Py_None()));
+            ffi::PyObject_GC_UnTrack(args.cast());
+            SPARE_ARGS.store(args, Ordering::Relaxed);
+            args = std::ptr::null_mut();
+        }
         SPARE_IDLE.store(true, Ordering::Relaxed);
         // Releasing the result may run code (a __del__ that awaits again
         // finds the spare ready).
         ffi::Py_XDECREF(value);
+        ffi::Py_XDECREF(item);
         ffi::Py_XDECREF(args);
         true
     }

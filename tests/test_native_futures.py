@@ -406,6 +406,33 @@ def test_stop_iterations_seen_by_python_code_are_its_own(loop):
     assert caught.value == (5,)
 
 
+def test_awaits_under_constant_garbage_collection(loop):
+    # Collections run between every allocation, while awaited values sit in
+    # reference cycles: the StopIteration recycled on 3.12+ must neither be
+    # cleared by the collector nor keep a value (cycle) alive.
+    old = gc.get_threshold()
+    gc.set_threshold(1, 1, 1)
+    refs = []
+    try:
+        async def main():
+            total = 0
+            for i in range(300):
+                fut = loop.create_future()
+                node = Result()
+                node.me, node.i = node, i
+                refs.append(weakref.ref(node))
+                loop.call_soon(fut.set_result, node)
+                total += (await fut).i
+                del node
+            return total
+
+        assert loop.run_until_complete(main()) == sum(range(300))
+    finally:
+        gc.set_threshold(*old)
+    gc.collect()
+    assert all(r() is None for r in refs)
+
+
 @pytest.mark.skipif(not PY312, reason="sys.monitoring is new in 3.12")
 def test_stop_iterations_kept_by_a_monitoring_tool_stay_intact(loop):
     # Coverage and debuggers on 3.12+ see each await's StopIteration through
