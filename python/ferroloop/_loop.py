@@ -12,15 +12,18 @@ wake-up) are native, in `LoopCore`.  This class adds the cold paths:
   `_make_*_transport` methods;
 * subprocesses: children are reaped by the loop itself (`_children.py`),
   not by asyncio's child watchers;
+* a plain server's listener callback: native accepts, no task per
+  connection (`_accept_connection`);
 * everything else -- run_until_complete, exception handling, executors,
-  async generator hooks, DNS, connection setup, servers, UDP, sock_*
-  methods, subprocess setup -- is inherited from asyncio's own
+  async generator hooks, DNS, connection setup, the Server object, UDP
+  setup, subprocess setup -- is inherited from asyncio's own
   `SelectorEventLoop`, whose methods run unchanged on top of the native
   `_add_reader`/`_add_writer`/`call_soon` primitives.
 """
 import collections.abc
 import contextvars
 import errno
+import os
 import selectors
 import signal
 import socket
@@ -378,7 +381,11 @@ class Loop(_ferroloop.LoopCore, unix_events.SelectorEventLoop):
             else:
                 # SOCK_NONBLOCK in the type: the socket object starts in
                 # non-blocking mode without another system call.
-                conn = socket.socket(family, sock_type, proto, fileno=fd)
+                try:
+                    conn = socket.socket(family, sock_type, proto, fileno=fd)
+                except BaseException:
+                    os.close(fd)
+                    raise
                 contextvars.copy_context().run(self._serve_connection, protocol_factory, conn,
                                                {'peername': addr}, server)
                 if sock.fileno() != listen_fd:
