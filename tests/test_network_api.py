@@ -7,9 +7,11 @@ sock_* methods and DNS.  Every test also passes on stock asyncio
 """
 import asyncio
 import contextvars
+import errno
 import os
 import socket
 import ssl
+import subprocess
 import sys
 import tempfile
 import warnings
@@ -308,6 +310,57 @@ def test_a_failing_protocol_factory_drops_only_that_connection(loop):
         run(loop, main())
     # asyncio reports it in debug mode only.
     assert errors == []
+
+
+EMFILE_SCRIPT = r'''
+import asyncio, os, resource, socket, sys
+if os.environ.get("FERROLOOP_TEST_TARGET") == "asyncio":
+    loop = asyncio.new_event_loop()
+else:
+    import ferroloop
+    loop = ferroloop.new_event_loop()
+errors, made = [], []
+loop.set_exception_handler(lambda lp, ctx: errors.append((ctx['message'], ctx['exception'].errno)))
+
+class Probe(asyncio.Protocol):
+    def connection_made(self, transport):
+        made.append(1)
+        transport.close()
+
+async def main():
+    server = await loop.create_server(Probe, '127.0.0.1', 0)
+    client = socket.create_connection(server.sockets[0].getsockname())
+    hog = []
+    try:
+        while True:
+            hog.append(os.dup(0))  # no descriptor left for accept()
+    except OSError:
+        pass
+    await asyncio.sleep(0.1)
+    for fd in hog:
+        os.close(fd)
+    for _ in range(300):  # accepting resumes after ACCEPT_RETRY_DELAY (1 s)
+        if made:
+            break
+        await asyncio.sleep(0.01)
+    client.close()
+    server.close()
+    await server.wait_closed()
+
+resource.setrlimit(resource.RLIMIT_NOFILE, (128, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+loop.run_until_complete(main())
+print(len(made), sorted(set(errors)))
+'''
+
+
+def test_out_of_descriptors_is_logged_and_accepting_resumes():
+    # In a child process: the descriptor limit is lowered there only.
+    out = subprocess.run([sys.executable, '-c', EMFILE_SCRIPT], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    made, errors = out.stdout.split(' ', 1)
+    assert made == '1'
+    assert errors.strip() == repr([('socket.accept() out of system resource', errno.EMFILE)])
 
 
 def test_unix_server_peername_of_an_unbound_client(loop):
