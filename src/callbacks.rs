@@ -123,7 +123,7 @@ impl NativeCallback {
                 context.share(py),
             ),
             NativeCallback::Wakeup { task, future } => (
-                task.bind(py).getattr(intern!(py, "task_wakeup"))?,
+                Task::wakeup_callable(task.bind(py))?,
                 PyTuple::new(py, [future.clone_ref(py)])?,
                 task.get().context(py)?,
             ),

@@ -427,7 +427,7 @@ impl Future {
             let equal = match &cb {
                 DoneCallback::Python { callback, .. } => callback.matches(r#fn),
                 DoneCallback::Wakeup(task) => {
-                    task.bind(py).getattr(pyo3::intern!(py, "task_wakeup")).and_then(|m| m.eq(r#fn))
+                    Task::wakeup_callable(task.bind(py)).and_then(|m| m.eq(r#fn))
                 }
             };
             match equal {
@@ -617,7 +617,7 @@ impl Future {
         for (cb, ctx) in entries {
             let (cb, ctx) = match cb.bind(py).cast::<Task>() {
                 Ok(task) => (
-                    task.getattr(pyo3::intern!(py, "task_wakeup"))?.unbind(),
+                    Task::wakeup_callable(task)?.unbind(),
                     task.get().context(py)?,
                 ),
                 Err(_) => (cb, ctx),

@@ -142,6 +142,12 @@ impl Task {
         Ok(())
     }
 
+    /// The bound `task_wakeup` method: the callable asyncio sees where a
+    /// native task waits on a future (see `wakeup_method`).
+    pub fn wakeup_callable<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        slf.getattr(pyo3::intern!(slf.py(), "task_wakeup"))
+    }
+
     pub fn context(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         Ok(self.t.borrow_mut(py)?.context.as_ref().map_or_else(|| py.None(), |c| c.share(py)))
     }
@@ -396,7 +402,7 @@ impl Task {
             return Task::yield_instead_of_yield_from(slf, &result);
         }
         result.setattr(pyo3::intern!(py, "_asyncio_future_blocking"), false)?;
-        let wakeup = slf.getattr(pyo3::intern!(py, "task_wakeup"))?;
+        let wakeup = Task::wakeup_callable(slf)?;
         let kwargs = PyDict::new(py);
         kwargs.set_item(pyo3::intern!(py, "context"), slf.get().context(py)?)?;
         result.call_method(pyo3::intern!(py, "add_done_callback"), (wakeup,), Some(&kwargs))?;
