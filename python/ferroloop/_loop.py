@@ -351,12 +351,13 @@ class Loop(_ferroloop.LoopCore, unix_events.SelectorEventLoop):
         debug mode (which logs every connection), a task factory (which may
         want to see those tasks) and socket subclasses keep asyncio's own
         way."""
+        family = sock.family
         if (sslcontext is not None or self._debug or self._task_factory is not None
-                or type(sock) is not socket.socket or sock.family not in _NATIVE_ACCEPT_FAMILIES):
+                or type(sock) is not socket.socket or family not in _NATIVE_ACCEPT_FAMILIES):
             return super()._accept_connection(
                 protocol_factory, sock, sslcontext, server, backlog,
                 ssl_handshake_timeout, ssl_shutdown_timeout)
-        family, sock_type, proto = sock.family, sock.type | socket.SOCK_NONBLOCK, sock.proto
+        sock_type, proto = sock.type | socket.SOCK_NONBLOCK, sock.proto
         listen_fd = sock.fileno()
         for _ in range(backlog):
             try:
