@@ -272,11 +272,15 @@ def test_call_later_adds_the_delay_to_the_clock_as_asyncio_does(loop, delay):
 
 
 def test_call_later_takes_numbers_that_add_to_a_float(loop):
+    # The fraction's delay is far longer than the gap between the two calls
+    # (1 ms was not: a loaded CI machine let it come due before the second).
     fired = []
-    h = loop.call_later(fractions.Fraction(1, 1000), fired.append, "fraction")
+    before = loop.time()
+    h = loop.call_later(fractions.Fraction(1, 10), fired.append, "fraction")
     assert type(h.when()) is float
+    assert h.when() >= before + 0.1
     loop.call_later(False, fired.append, "bool")
-    loop.call_later(0.01, loop.stop)
+    loop.call_later(0.2, loop.stop)
     run_until_stopped(loop)
     assert fired == ["bool", "fraction"]
 
