@@ -7,7 +7,7 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PySet, PyType};
+use pyo3::types::{PyDict, PyType};
 
 use crate::hooks::repr_of;
 
@@ -20,8 +20,6 @@ pub struct AsyncioApi {
     pub invalid_state_error: Py<PyType>,
     /// `asyncio.tasks._current_tasks`: loop -> running task.
     pub current_tasks: Py<PyDict>,
-    /// `asyncio.tasks._eager_tasks` (3.12+).
-    pub eager_tasks: Option<Py<PySet>>,
     /// `asyncio.eager_task_factory` (3.12+), which create_task recognises.
     pub eager_task_factory: Option<Py<PyAny>>,
     pub iscoroutine: Py<PyAny>,
@@ -53,13 +51,10 @@ pub fn api(py: Python<'_>) -> PyResult<&AsyncioApi> {
         let events = py.import("asyncio.events")?;
         let version = py.version_info();
         let has_eager = (version.major, version.minor) >= (3, 12);
-        let (eager_tasks, eager_task_factory) = if has_eager {
-            (
-                Some(tasks.getattr("_eager_tasks")?.cast_into::<PySet>()?.unbind()),
-                Some(tasks.getattr("eager_task_factory")?.unbind()),
-            )
+        let eager_task_factory = if has_eager {
+            Some(tasks.getattr("eager_task_factory")?.unbind())
         } else {
-            (None, None)
+            None
         };
         Ok::<_, PyErr>(AsyncioApi {
             future_class: py.import("asyncio.futures")?.getattr("Future")?.unbind(),
@@ -70,7 +65,6 @@ pub fn api(py: Python<'_>) -> PyResult<&AsyncioApi> {
                 .cast_into::<PyType>()?
                 .unbind(),
             current_tasks: tasks.getattr("_current_tasks")?.cast_into::<PyDict>()?.unbind(),
-            eager_tasks,
             eager_task_factory,
             iscoroutine: py.import("asyncio.coroutines")?.getattr("iscoroutine")?.unbind(),
             get_running_loop_or_none: events.getattr("_get_running_loop")?.unbind(),

@@ -214,7 +214,11 @@ impl Task {
         drop(old);
         if eager_start == Some(true) {
             let loop_ = fut.get().loop_of(py)?;
-            if loop_.call_method0(pyo3::intern!(py, "is_running"))?.is_truthy()? {
+            let running = match loop_.cast::<crate::event_loop::LoopCore>() {
+                Ok(core) => core.get().is_running(),
+                Err(_) => loop_.call_method0(pyo3::intern!(py, "is_running"))?.is_truthy()?,
+            };
+            if running {
                 return Task::eager_start(slf);
             }
         }
@@ -232,22 +236,16 @@ impl Task {
         let api = api(py)?;
         let loop_ = slf.as_super().get().loop_of(py)?;
         let previous = api.swap_current_task(&loop_, slf.as_any())?;
-        let eager = api.eager_tasks.as_ref().map(|s| s.bind(py));
-        if let Some(set) = eager {
-            set.add(slf)?;
-        }
+        // Listed for all_tasks() while its first step runs, as asyncio lists
+        // it in `_eager_tasks`: in the native registry, which the task leaves
+        // by itself if that step finishes it (schedule_callbacks).
+        Task::register(slf)?;
         let outcome = run_in_context(py, &slf.get().context(py)?, || {
             let stepped = Task::step_impl(slf, None);
             let swapped = api.swap_current_task(&loop_, &previous);
-            let unlisted = match eager {
-                Some(set) => set.discard(slf).map(drop),
-                None => Ok(()),
-            };
-            stepped.and(swapped.map(drop)).and(unlisted)
+            stepped.and(swapped.map(drop))
         });
-        if slf.as_super().get().phase(py)? == Phase::Pending {
-            Task::register(slf)?;
-        } else {
+        if slf.as_super().get().phase(py)? != Phase::Pending {
             let coro = slf.get().t.borrow_mut(py)?.coro.take();
             drop(coro);
         }

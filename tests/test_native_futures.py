@@ -1077,6 +1077,31 @@ def test_eager_start(loop):
     assert steps == ["ran", "created"]
 
 
+@pytest.mark.skipif(not PY312, reason="eager tasks are new in Python 3.12")
+def test_all_tasks_lists_an_eager_task_while_its_first_step_runs(loop):
+    seen = {}
+
+    async def child(key, suspend):
+        seen[key] = (asyncio.current_task(), asyncio.all_tasks())
+        if suspend:
+            await asyncio.sleep(0)
+
+    async def main():
+        me = asyncio.current_task()
+        done = Task(child("done", False), loop=loop, eager_start=True)
+        assert done.done()
+        assert done in seen["done"][1] and me in seen["done"][1]
+        assert seen["done"][0] is done
+        assert done not in asyncio.all_tasks()  # finished in its first step
+        pending = Task(child("pending", True), loop=loop, eager_start=True)
+        assert pending in seen["pending"][1]
+        assert pending in asyncio.all_tasks()  # suspended: listed from now on
+        await pending
+        assert asyncio.all_tasks() == {me}
+
+    loop.run_until_complete(main())
+
+
 def test_finished_task_is_freed_without_the_garbage_collector(loop):
     async def main():
         t = loop.create_task(_value(1))
