@@ -23,6 +23,7 @@ for the websockets benchmark).  Examples:
     python benches/bench_pyperformance.py --pyperf-args=--rigorous
 """
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -131,9 +132,7 @@ def main():
     ap.add_argument("--json", help="also write the medians here")
     args = ap.parse_args()
 
-    try:
-        import pyperf  # noqa: F401  (the benchmarks import it)
-    except ImportError:
+    if importlib.util.find_spec("pyperf") is None:  # the benchmarks import it
         sys.exit("bench_pyperformance.py needs pyperf: pip install pyperf websockets==11.0.3")
     names = [n for n in args.benchmarks.split(",") if n]
     unknown = [n for n in names if n not in BENCHMARKS]
