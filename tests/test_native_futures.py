@@ -1166,6 +1166,49 @@ def test_task_context_cycles_are_collected(loop):
     assert [e["message"] for e in errors] == ["Task was destroyed but it is pending!"]
 
 
+def test_pending_task_context_cycle_is_collected_when_nobody_took_the_context(loop):
+    # As above, but no get_context(): ferroloop's task runs its steps in its
+    # own context copy without putting it back on the GC's list, so the
+    # task's traversal must report what the copy holds.
+    var = contextvars.ContextVar("var")
+    errors = collect_errors(loop)
+    never = loop.create_future()
+
+    async def holds_itself():
+        var.set([asyncio.current_task()])
+        await asyncio.sleep(0)  # a second step in the same context
+        gc.collect()  # a collection while the step runs in that context
+        await never
+
+    task = loop.create_task(holds_itself())
+    for _ in range(3):
+        loop.run_until_complete(asyncio.sleep(0))
+    assert not task.done()
+    gone = weakref.ref(task)
+    del task
+    never = None
+    gc.collect()
+    assert gone() is None
+    assert [e["message"] for e in errors] == ["Task was destroyed but it is pending!"]
+
+
+def test_task_context_variables_survive_collections_between_steps(loop):
+    var = contextvars.ContextVar("var")
+
+    async def worker(i):
+        var.set([i] * 3)
+        for _ in range(5):
+            await asyncio.sleep(0)
+            gc.collect()
+            assert var.get() == [i] * 3
+        return var.get()
+
+    async def main():
+        return await asyncio.gather(*[worker(i) for i in range(20)])
+
+    assert loop.run_until_complete(main()) == [[i] * 3 for i in range(20)]
+
+
 @pytest.mark.filterwarnings("ignore:coroutine .* was never awaited:RuntimeWarning")
 def test_unstarted_task_context_cycle_is_collected_after_close():
     # The task never runs: its context copy (still off the GC's list on
