@@ -167,11 +167,11 @@ impl NativeCallback {
             // The contexts as Bound: dropping a Py consults a thread-local
             // first, and these run every step.
             NativeCallback::Wakeup { task, future } => {
-                let ctx = task.get().step_context(py)?;
+                let ctx = task.get().context(py)?.into_bound(py);
                 run_like_handle(py, ctx.as_unbound(), || Task::wakeup(task.bind(py), future.bind(py)))
             }
             NativeCallback::Step { task, exc } => {
-                let ctx = task.get().step_context(py)?;
+                let ctx = task.get().context(py)?.into_bound(py);
                 run_like_handle(py, ctx.as_unbound(), || {
                     Task::step(task.bind(py), exc.as_ref().map(|e| e.bind(py).clone()))
                 })

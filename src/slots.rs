@@ -419,7 +419,7 @@ unsafe fn traverse(
                 st.refs(&mut call, &mut through)?;
             }
             if is_task {
-                fut.cast_unchecked::<Task>().get().refs(&mut call, &mut through)?;
+                fut.cast_unchecked::<Task>().get().refs(&mut call)?;
             }
             Ok(())
         })();

@@ -45,10 +45,9 @@ enum TaskName {
 pub struct TaskState {
     coro: Option<Py<PyAny>>,
     /// The task's own copy of its creator's context stays off the GC's list
-    /// (see `HandleContext`) until someone else may hold it (`context()`,
-    /// `get_context()`): its steps run in it without handing it out, and
-    /// `refs` reports what it holds.  Tracked, it made the collector walk a
-    /// third more objects for tasks created in bulk (gather, TaskGroup).
+    /// until the first step (see `HandleContext`): nothing has run in it yet,
+    /// and tasks created in bulk (gather, TaskGroup) before any runs made the
+    /// collector walk a third more objects.  `context()` tracks it again.
     context: Option<HandleContext>,
     name: TaskName,
     fut_waiter: Option<Py<PyAny>>,
@@ -120,15 +119,7 @@ impl Task {
 
     /// Call `visit` on every object the task part refers to (the GC's
     /// traversal protocol); nothing while the state is borrowed.
-    /// What the task holds, for the GC.  Its own context copy, while off
-    /// the GC's list, is not reported itself: `through` reports what the
-    /// copy holds (the variables its steps set), as a done callback's copy
-    /// is (see FutureState::refs), so cycles through them are collected.
-    pub fn refs<E>(
-        &self,
-        visit: &mut dyn FnMut(&Py<PyAny>) -> Result<(), E>,
-        through: &mut dyn FnMut(&Py<PyAny>) -> Result<(), E>,
-    ) -> Result<(), E> {
+    pub fn refs<E>(&self, visit: &mut dyn FnMut(&Py<PyAny>) -> Result<(), E>) -> Result<(), E> {
         let Some(t) = self.t.try_peek() else {
             return Ok(());
         };
@@ -136,14 +127,10 @@ impl Task {
             TaskName::Named(n) => Some(n),
             _ => None,
         };
-        for obj in [t.coro.as_ref(), t.fut_waiter.as_ref(), name].into_iter().flatten() {
+        for obj in [t.coro.as_ref(), t.context.as_ref().map(HandleContext::peek), t.fut_waiter.as_ref(), name].into_iter().flatten() {
             visit(obj)?;
         }
-        match &t.context {
-            Some(ctx) if ctx.is_untracked() => through(ctx.peek()),
-            Some(ctx) => visit(ctx.peek()),
-            None => Ok(()),
-        }
+        Ok(())
     }
 
     /// Put the task's own context copy back on the GC's list (the loop lets
@@ -163,17 +150,6 @@ impl Task {
 
     pub fn context(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         Ok(self.t.borrow_mut(py)?.context.as_ref().map_or_else(|| py.None(), |c| c.share(py)))
-    }
-
-    /// The context to run one of the task's steps in.  Running code in it
-    /// hands it to no one, so the task's own copy stays off the GC's list
-    /// (what the steps set in it is reported by `refs`); `context()`, for
-    /// anyone who keeps it, puts it back on.
-    pub fn step_context<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        Ok(match self.t.borrow_mut(py)?.context.as_ref() {
-            Some(c) => c.peek().bind(py).clone(),
-            None => py.None().into_bound(py),
-        })
     }
 
     /// A new task of `loop_` (the fast path of `loop.create_task`).
@@ -264,7 +240,7 @@ impl Task {
         // it in `_eager_tasks`: in the native registry, which the task leaves
         // by itself if that step finishes it (schedule_callbacks).
         Task::register(slf)?;
-        let outcome = run_in_context(py, slf.get().step_context(py)?.as_unbound(), || {
+        let outcome = run_in_context(py, &slf.get().context(py)?, || {
             let stepped = Task::step_impl(slf, None);
             let swapped = api.swap_current_task(&loop_, &previous);
             stepped.and(swapped.map(drop))
@@ -690,7 +666,7 @@ impl Task {
     /// pyo3's traversal; at run time slots.rs installs a faster tp_traverse
     /// visiting the same references (and the Future part's).
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        self.refs(&mut |o| visit.call(o), &mut |o| visit.call(o))
+        self.refs(&mut |o| visit.call(o))
     }
 
     fn __clear__(&self) {

@@ -1192,6 +1192,41 @@ def test_pending_task_context_cycle_is_collected_when_nobody_took_the_context(lo
     assert [e["message"] for e in errors] == ["Task was destroyed but it is pending!"]
 
 
+def test_values_a_kept_token_reaches_survive_the_tasks_collection(loop):
+    # ContextVar.set() returns a Token holding the context it ran in (the
+    # task's own copy), so the copy outlives the task here.  A collection
+    # that takes the finished task's cycle must leave what the copy holds
+    # alone (a review found an untracked copy's contents cleared: the GC
+    # counted the task as its only holder).
+    var = contextvars.ContextVar("var")
+    tokens = []
+    live = weakref.WeakValueDictionary()
+
+    class Conn:
+        pass
+
+    async def handler(n):
+        conn = Conn()
+        conn.n = n
+        conn.task = asyncio.current_task()  # a cycle back to the task
+        live[n] = conn
+        tokens.append(var.set(conn))
+
+    async def main():
+        for n in range(50):
+            loop.create_task(handler(n))
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+    loop.run_until_complete(main())
+    gc.collect()
+    assert sorted(live) == list(range(50))
+    assert all(live[n].n == n for n in range(50))
+    tokens.clear()
+    gc.collect()
+    assert len(live) == 0
+
+
 def test_task_context_variables_survive_collections_between_steps(loop):
     var = contextvars.ContextVar("var")
 
