@@ -1174,7 +1174,7 @@ impl LoopCore {
         self.stopping.store(true, Ordering::Relaxed);
     }
 
-    pub fn is_running(&self) -> bool {
+    fn is_running(&self) -> bool {
         self.thread_id.load(Ordering::Relaxed) != 0
     }
 

@@ -214,11 +214,9 @@ impl Task {
         drop(old);
         if eager_start == Some(true) {
             let loop_ = fut.get().loop_of(py)?;
-            let running = match loop_.cast::<crate::event_loop::LoopCore>() {
-                Ok(core) => core.get().is_running(),
-                Err(_) => loop_.call_method0(pyo3::intern!(py, "is_running"))?.is_truthy()?,
-            };
-            if running {
+            // A method call, as asyncio's Task makes it: a loop subclass may
+            // override is_running().
+            if loop_.call_method0(pyo3::intern!(py, "is_running"))?.is_truthy()? {
                 return Task::eager_start(slf);
             }
         }

@@ -1102,6 +1102,34 @@ def test_all_tasks_lists_an_eager_task_while_its_first_step_runs(loop):
     loop.run_until_complete(main())
 
 
+@pytest.mark.skipif(not PY312, reason="eager tasks are new in Python 3.12")
+def test_eager_start_asks_the_loops_own_is_running():
+    # asyncio's Task calls loop.is_running(): a subclass that says no gets a
+    # task scheduled the ordinary way.
+    base = type(new_loop())
+
+    class NeverRunning(base):
+        def is_running(self):
+            return False
+
+    lp = NeverRunning()
+    try:
+        ran = []
+
+        async def child():
+            ran.append("child")
+
+        async def main():
+            t = Task(child(), loop=lp, eager_start=True)
+            assert ran == [] and not t.done()
+            await t
+            assert ran == ["child"]
+
+        lp.run_until_complete(main())
+    finally:
+        lp.close()
+
+
 def test_finished_task_is_freed_without_the_garbage_collector(loop):
     async def main():
         t = loop.create_task(_value(1))
