@@ -1195,9 +1195,8 @@ def test_task_context_cycles_are_collected(loop):
 
 
 def test_pending_task_context_cycle_is_collected_when_nobody_took_the_context(loop):
-    # As above, but no get_context(): ferroloop's task runs its steps in its
-    # own context copy without putting it back on the GC's list, so the
-    # task's traversal must report what the copy holds.
+    # As above, but nobody takes the context (no get_context()), the task
+    # takes a second step in it, and a collection runs while a step does.
     var = contextvars.ContextVar("var")
     errors = collect_errors(loop)
     never = loop.create_future()
